@@ -1,0 +1,346 @@
+// Package mqttsub subscribes to device telemetry over MQTT with
+// github.com/eclipse/paho.mqtt.golang, decodes each message with its asset's
+// profile, hands the reading to a Handler and acknowledges each QoS 1 message
+// only after the Handler accepted it.
+//
+// Topic templates (city/bins/{asset}/telemetry) map a topic level to the
+// asset id; without {asset} the exact topic is looked up in the inventory.
+//
+// Ordering and throughput: paho's router delivers messages one at a time, in
+// arrival order (OrderMatters true; false would start a goroutine per message
+// and lose the order). The router callback only matches the topic and puts
+// the message on the queue of one of Config.Workers workers chosen by a hash
+// of the asset id, so one asset's readings reach the Handler in arrival order
+// while assets are decoded in parallel. Acknowledgement is manual
+// (SetAutoAckDisabled): a worker acks after Handle returned nil. Acks of
+// different assets may therefore leave in a different order than their
+// messages arrived; brokers (Mosquitto, EMQX, HiveMQ) accept that.
+//
+// Outcomes of a message:
+//   - accepted by the Handler: acknowledged, counted ok (or decode_error when
+//     some fields could not be decoded: the good fields were handed on).
+//   - refused by the Handler (it returned an error): not acknowledged, counted
+//     rejected. The broker redelivers it only after a reconnect, so when
+//     refused messages stay unacknowledged for Config.RedeliverAfter the
+//     subscriber reconnects by itself (persistent sessions only).
+//   - unknown asset, asset whose profile is not MQTT, payload over the size
+//     limit, payload that is not a JSON object or carries no decodable field:
+//     counted, logged (rate-limited), and acknowledged, because redelivery
+//     would bring the same bytes back and they would never get better.
+//
+// After a lost connection paho reconnects with backoff; the subscriber
+// subscribes again on every connect (a broker restarted without persistence
+// forgot the subscriptions) and logs the loss and the restoration. Messages
+// still queued from a lost connection are dropped unacknowledged: their acks
+// could not reach the broker, which redelivers them on the new connection.
+package mqttsub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/citygw/citygw/devices"
+)
+
+// Handler takes a decoded reading. A nil error means the reading is accepted
+// (for the gateway: durable in the write-ahead log) and the message may be
+// acknowledged. The subscriber reuses r after Handle returns. Handle is
+// called concurrently from several workers, but for one asset always from the
+// same worker and in arrival order.
+type Handler interface {
+	Handle(ctx context.Context, r *devices.Reading) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, r *devices.Reading) error
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, r *devices.Reading) error { return f(ctx, r) }
+
+// Status is a snapshot of the subscriber's state for the status page.
+type Status struct {
+	Broker       string
+	Connected    bool // connected and subscribed
+	LastMessage  time.Time
+	Received     uint64
+	OK           uint64
+	DecodeErrors uint64
+	UnknownAsset uint64
+	Oversize     uint64
+	Rejected     uint64
+	Stale        uint64 // dropped unacknowledged because their connection was lost
+	Reconnects   uint64
+	Inflight     int64
+}
+
+// Subscriber is an MQTT telemetry source. Create it with New and start it with Run.
+type Subscriber struct {
+	cfg   Config
+	inv   *devices.Inventory
+	h     Handler
+	log   *slog.Logger
+	m     *metrics
+	tmpls []*Template
+	tls   *tls.Config // nil: no TLS options
+
+	shards []chan item
+	quit   chan struct{}
+
+	running    atomic.Bool
+	gen        atomic.Uint64 // connection generation: bumped when a connection is gone
+	connected  atomic.Bool
+	everConn   atomic.Bool
+	lastMsg    atomic.Int64 // unix nanoseconds
+	received   atomic.Uint64
+	counts     [nResults]atomic.Uint64
+	stale      atomic.Uint64
+	reconnects atomic.Uint64
+	inflight   atomic.Int64
+	// refusedAt is the receive time (unix ns) of the oldest refused message
+	// of the current connection, 0 if none: the trigger for a reconnect that
+	// makes the broker redeliver it.
+	refusedAt atomic.Int64
+}
+
+// item is one received message on its way to a worker.
+type item struct {
+	msg   mqtt.Message
+	recv  time.Time
+	tmpl  int    // index of the matching template, -1 if none
+	asset string // the {asset} level, a substring of the topic
+	gen   uint64
+}
+
+// New validates cfg, resolves the topic templates and registers the metrics
+// on reg. It does not connect: Run does.
+func New(cfg Config, inv *devices.Inventory, h Handler, reg prometheus.Registerer, log *slog.Logger) (*Subscriber, error) {
+	if inv == nil || h == nil {
+		return nil, errors.New("mqttsub: an inventory and a handler are required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("mqtt config: %w", err)
+	}
+	tmpls, err := parseTemplates(cfg.Subscriptions)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt config: %w", err)
+	}
+	tlsConf, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, fmt.Errorf("mqtt config: %w", err)
+	}
+	m, err := newMetrics(reg, &cfg, inv)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
+	}
+	s := &Subscriber{cfg: cfg, inv: inv, h: h, log: log.With("broker", cfg.Broker), m: m, tmpls: tmpls, tls: tlsConf, quit: make(chan struct{})}
+	s.shards = make([]chan item, cfg.Workers)
+	for i := range s.shards {
+		s.shards[i] = make(chan item, cfg.QueueSize)
+	}
+	return s, nil
+}
+
+// Connected reports whether the subscriber is connected and subscribed.
+func (s *Subscriber) Connected() bool { return s.connected.Load() }
+
+// Status returns a snapshot of the subscriber's state.
+func (s *Subscriber) Status() Status {
+	st := Status{
+		Broker:       s.cfg.Broker,
+		Connected:    s.connected.Load(),
+		Received:     s.received.Load(),
+		OK:           s.counts[resultOK].Load(),
+		DecodeErrors: s.counts[resultDecodeError].Load(),
+		UnknownAsset: s.counts[resultUnknownAsset].Load(),
+		Oversize:     s.counts[resultOversize].Load(),
+		Rejected:     s.counts[resultRejected].Load(),
+		Stale:        s.stale.Load(),
+		Reconnects:   s.reconnects.Load(),
+		Inflight:     s.inflight.Load(),
+	}
+	if ns := s.lastMsg.Load(); ns != 0 {
+		st.LastMessage = time.Unix(0, ns)
+	}
+	return st
+}
+
+// onMessage is paho's publish handler for every subscription. It runs on
+// paho's single router goroutine, so it only routes: match the topic, pick
+// the asset's worker, queue. A full queue blocks it, and with it the reads
+// from the broker: backpressure, the broker holds the backlog.
+func (s *Subscriber) onMessage(_ mqtt.Client, msg mqtt.Message) {
+	it := item{msg: msg, recv: time.Now(), tmpl: -1, gen: s.gen.Load()}
+	topic := msg.Topic()
+	for i, t := range s.tmpls {
+		if a, ok := t.Match(topic); ok {
+			it.tmpl, it.asset = i, a
+			break
+		}
+	}
+	key := it.asset
+	if key == "" {
+		key = topic
+	}
+	s.received.Add(1)
+	s.lastMsg.Store(it.recv.UnixNano())
+	s.inflight.Add(1)
+	s.m.inflight.Inc()
+	select {
+	case s.shards[shardOf(key, len(s.shards))] <- it:
+	case <-s.quit:
+		s.settled() // shutting down: not acknowledged, the broker keeps it
+	}
+}
+
+// shardOf hashes key (FNV-1a) onto n workers.
+func shardOf(key string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+// settled marks a message as no longer in flight in the subscriber.
+func (s *Subscriber) settled() {
+	s.inflight.Add(-1)
+	s.m.inflight.Dec()
+}
+
+// worker decodes and hands on the messages of the assets that hash to it.
+type worker struct {
+	r    devices.Reading
+	logs *rateLog
+}
+
+func (s *Subscriber) work(ctx context.Context, ch <-chan item) {
+	w := &worker{logs: newRateLog(s.cfg.LogInterval.D())}
+	for {
+		select {
+		case it := <-ch:
+			s.process(ctx, w, it)
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// process handles one message: find the asset, decode, hand on, acknowledge.
+func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
+	defer s.settled()
+	if it.gen != s.gen.Load() {
+		// The connection it came on is gone; an ack could not reach the
+		// broker, which redelivers the message on the new connection.
+		s.stale.Add(1)
+		return
+	}
+	topic := it.msg.Topic()
+	var a *devices.Asset
+	if it.tmpl >= 0 && s.tmpls[it.tmpl].HasAsset() {
+		if it.asset != "" {
+			a = s.inv.Lookup(it.asset)
+		}
+	} else {
+		a = s.inv.ByTopic(topic)
+	}
+	switch {
+	case it.tmpl < 0:
+		s.drop(w, it, resultUnknownAsset, topic, "mqtt message on a topic no template matches", "topic", topic)
+		return
+	case a == nil:
+		who := it.asset
+		if who == "" {
+			who = topic
+		}
+		s.drop(w, it, resultUnknownAsset, who, "mqtt message for an unknown asset", "topic", topic, "asset", it.asset)
+		return
+	case a.Profile == nil || a.Profile.Transport != devices.MQTT:
+		s.drop(w, it, resultUnknownAsset, a.ID, "mqtt message for an asset that is not read over MQTT", "topic", topic, "asset", a.ID, "profile", a.Model)
+		return
+	}
+	payload := it.msg.Payload()
+	if len(payload) > s.cfg.MaxPayloadBytes {
+		s.drop(w, it, resultOversize, a.ID, "mqtt payload over the size limit dropped", "asset", a.ID, "bytes", len(payload), "limit", s.cfg.MaxPayloadBytes)
+		return
+	}
+	r := &w.r
+	r.Reset(a)
+	ts, err := a.Profile.DecodeJSON(payload, r)
+	res := resultOK
+	if err != nil {
+		res = resultDecodeError
+		s.m.decodeErrs[a.Seq].Add(float64(countErrors(err)))
+		if r.NumValid() == 0 {
+			s.drop(w, it, resultDecodeError, a.ID, "mqtt payload not decodable", "asset", a.ID, "err", err)
+			return
+		}
+		w.logs.log(s.log, rateKey{resultDecodeError, a.ID}, it.recv, "mqtt payload partly decodable; handing on the good fields", "asset", a.ID, "err", err)
+	}
+	r.Received = it.recv
+	r.Time = it.recv
+	if !ts.IsZero() {
+		if devices.PlausibleTime(ts, it.recv, s.cfg.MaxClockSkew.D(), s.cfg.MaxClockAge.D()) {
+			r.Time = ts
+		} else {
+			w.logs.log(s.log, rateKey{resultOK, a.ID}, it.recv, "mqtt payload timestamp implausible; using the receive time", "asset", a.ID, "device_time", ts, "received", it.recv)
+		}
+	}
+	start := time.Now()
+	err = s.h.Handle(ctx, r)
+	s.m.handleDur.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.count(resultRejected)
+		s.refusedAt.CompareAndSwap(0, it.recv.UnixNano())
+		w.logs.log(s.log, rateKey{resultRejected, a.ID}, it.recv, "handler refused an mqtt reading; not acknowledged", "asset", a.ID, "err", err)
+		return
+	}
+	it.msg.Ack()
+	s.count(res)
+	s.m.readings[a.Seq].Inc()
+}
+
+// countErrors counts the field errors DecodeJSON joined (1 for a payload error).
+func countErrors(err error) int {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return len(j.Unwrap())
+	}
+	return 1
+}
+
+// drop acknowledges a message that cannot be used and will not get better.
+func (s *Subscriber) drop(w *worker, it item, res result, who, msg string, attrs ...any) {
+	it.msg.Ack()
+	s.count(res)
+	w.logs.log(s.log, rateKey{res, who}, it.recv, msg, attrs...)
+}
+
+func (s *Subscriber) count(r result) {
+	s.counts[r].Add(1)
+	s.m.messages[r].Inc()
+}
+
+// startWorkers starts the decode workers; wait for them with the WaitGroup
+// after closing s.quit.
+func (s *Subscriber) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
+	for _, ch := range s.shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.work(ctx, ch)
+		}()
+	}
+}
