@@ -1,0 +1,290 @@
+// Package influx encodes Readings as InfluxDB line protocol and writes them
+// in batches with github.com/influxdata/influxdb-client-go/v2.
+//
+// # Schema
+//
+// One Reading is one point:
+//
+//	measurement  the asset's kind (streetlight, cabinet, gas_station, waste_bin)
+//	tags         asset    the asset id
+//	             circuit  the asset's "circuit" attribute, when it has one (lamps, cabinets)
+//	             district the asset's 6-digit district code
+//	             gateway  the id of the gateway that read it
+//	             grid     the asset's unit-grid code
+//	fields       every valid value of the reading, named as in the kind's schema:
+//	             bool → true/false, int → 123i, float → shortest round-trip
+//	             decimal (an integral float stays a float: 3 not 3i), string → "quoted"
+//	timestamp    Reading.Time in nanoseconds (Received when Time is zero)
+//
+// Tags are written sorted by key and omitted when empty. Tag values never
+// contain control characters or backslashes (they are replaced by '_' and
+// '/'), because line protocol cannot carry them in tags. Float fields that are
+// NaN or ±Inf are left out: line protocol has no spelling for them.
+//
+// # Writing
+//
+// A Writer accepts encoded lines (Add), cuts them into batches of BatchSize
+// lines or FlushInterval age, and sends each batch as one gzip-compressed
+// request, retrying failures with exponential backoff and jitter until
+// InfluxDB accepts or permanently rejects it. Batches come from a
+// BatchSource: the Writer's own bounded memory queue by default, or any other
+// source (issue 5's write-ahead log) through Drain.
+package influx
+
+import (
+	"math"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/citygw/citygw/devices"
+)
+
+// Tag keys, in the sorted order they are written.
+const (
+	TagAsset    = "asset"
+	TagCircuit  = "circuit"
+	TagDistrict = "district"
+	TagGateway  = "gateway"
+	TagGrid     = "grid"
+)
+
+// CircuitAttr is the asset attribute written as the circuit tag.
+const CircuitAttr = "circuit"
+
+// Encoder turns Readings into line protocol. It caches each asset's
+// "measurement,tags " prefix (indexed by devices.Asset.Seq), so Append does
+// not allocate once an asset has been seen. It is safe for concurrent use.
+type Encoder struct {
+	gateway string
+
+	mu      sync.Mutex // serialises cache growth and schema key building
+	chunks  atomic.Pointer[[]*prefixChunk]
+	schemas map[*devices.Schema]*schemaKeys
+}
+
+const chunkBits = 10
+const chunkSize = 1 << chunkBits
+
+type prefixChunk [chunkSize]atomic.Pointer[assetPrefix]
+
+// assetPrefix is one asset's cached line start and its kind's field keys.
+type assetPrefix struct {
+	asset  *devices.Asset
+	prefix []byte
+	keys   *schemaKeys
+}
+
+// schemaKeys holds each schema field's escaped key followed by '='.
+type schemaKeys struct {
+	keys [][]byte
+}
+
+// NewEncoder returns an encoder that tags every point with gatewayID.
+func NewEncoder(gatewayID string) *Encoder {
+	return &Encoder{gateway: gatewayID, schemas: map[*devices.Schema]*schemaKeys{}}
+}
+
+// Prepare builds the cached prefixes of every asset of inv, so that even the
+// first reading of an asset is encoded without allocating.
+func (e *Encoder) Prepare(inv *devices.Inventory) {
+	for _, a := range inv.Assets {
+		e.lookup(a)
+	}
+}
+
+// lookup returns a's cached prefix, building it on a miss. An entry is valid
+// only for the very asset it was built for: a reloaded inventory reuses Seq
+// numbers for new Asset values, which replace the old entries.
+func (e *Encoder) lookup(a *devices.Asset) *assetPrefix {
+	seq := a.Seq
+	if seq < 0 {
+		return e.build(a)
+	}
+	if cs := e.chunks.Load(); cs != nil && seq>>chunkBits < len(*cs) {
+		if p := (*cs)[seq>>chunkBits][seq&(chunkSize-1)].Load(); p != nil && p.asset == a {
+			return p
+		}
+	}
+	p := e.build(a)
+	e.mu.Lock()
+	var cs []*prefixChunk
+	if old := e.chunks.Load(); old != nil {
+		cs = *old
+	}
+	if need := seq>>chunkBits + 1; need > len(cs) {
+		grown := make([]*prefixChunk, need)
+		copy(grown, cs)
+		for i := len(cs); i < need; i++ {
+			grown[i] = new(prefixChunk)
+		}
+		e.chunks.Store(&grown)
+		cs = grown
+	}
+	cs[seq>>chunkBits][seq&(chunkSize-1)].Store(p)
+	e.mu.Unlock()
+	return p
+}
+
+func (e *Encoder) build(a *devices.Asset) *assetPrefix {
+	b := make([]byte, 0, 96)
+	b = appendEscaped(b, a.Kind, escMeasurement)
+	tag := func(k, v string) {
+		if v == "" {
+			return
+		}
+		b = append(b, ',')
+		b = append(b, k...)
+		b = append(b, '=')
+		b = appendEscaped(b, sanitizeTag(v), escTag)
+	}
+	tag(TagAsset, a.ID)
+	tag(TagCircuit, a.Attr(CircuitAttr))
+	tag(TagDistrict, a.District)
+	tag(TagGateway, e.gateway)
+	tag(TagGrid, a.Grid)
+	b = append(b, ' ')
+	p := &assetPrefix{asset: a, prefix: b}
+	if a.Schema != nil {
+		e.mu.Lock()
+		sk := e.schemas[a.Schema]
+		if sk == nil || len(sk.keys) != len(a.Schema.Fields) {
+			sk = &schemaKeys{keys: make([][]byte, len(a.Schema.Fields))}
+			for i, f := range a.Schema.Fields {
+				k := appendEscaped(nil, f.Name, escTag)
+				sk.keys[i] = append(k, '=')
+			}
+			e.schemas[a.Schema] = sk
+		}
+		e.mu.Unlock()
+		p.keys = sk
+	}
+	return p
+}
+
+// Append appends r as one line of line protocol, terminated by '\n', to dst
+// and returns the extended slice. A reading without any valid field (or
+// without an asset and schema) appends nothing.
+func (e *Encoder) Append(dst []byte, r *devices.Reading) []byte {
+	a := r.Asset
+	if a == nil || a.Schema == nil {
+		return dst
+	}
+	p := e.lookup(a)
+	if p.keys == nil {
+		return dst
+	}
+	start := len(dst)
+	dst = append(dst, p.prefix...)
+	n := 0
+	for i := range r.Values {
+		if i >= len(p.keys.keys) {
+			break
+		}
+		v := &r.Values[i]
+		switch v.Type {
+		case devices.Bool, devices.Int, devices.String:
+		case devices.Float:
+			if math.IsNaN(v.F) || math.IsInf(v.F, 0) {
+				continue
+			}
+		default:
+			continue
+		}
+		if n > 0 {
+			dst = append(dst, ',')
+		}
+		n++
+		dst = append(dst, p.keys.keys[i]...)
+		switch v.Type {
+		case devices.Bool:
+			if v.I != 0 {
+				dst = append(dst, "true"...)
+			} else {
+				dst = append(dst, "false"...)
+			}
+		case devices.Int:
+			dst = strconv.AppendInt(dst, v.I, 10)
+			dst = append(dst, 'i')
+		case devices.Float:
+			dst = strconv.AppendFloat(dst, v.F, 'g', -1, 64)
+		case devices.String:
+			dst = appendQuoted(dst, v.S)
+		}
+	}
+	if n == 0 {
+		return dst[:start]
+	}
+	if ts := timestamp(r); !ts.IsZero() {
+		dst = append(dst, ' ')
+		dst = strconv.AppendInt(dst, ts.UnixNano(), 10)
+	}
+	return append(dst, '\n')
+}
+
+func timestamp(r *devices.Reading) time.Time {
+	if !r.Time.IsZero() {
+		return r.Time
+	}
+	return r.Received
+}
+
+// Which characters appendEscaped escapes: a measurement's commas and spaces,
+// or a tag key's, tag value's or field key's commas, equals signs and spaces.
+const (
+	escMeasurement = false
+	escTag         = true
+)
+
+// appendEscaped appends s with line protocol's backslash escapes.
+func appendEscaped(dst []byte, s string, equals bool) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == ',' || c == ' ' || c == '=' && equals {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// sanitizeTag replaces what line protocol cannot carry in a tag value:
+// control characters become '_' and backslashes '/'.
+func sanitizeTag(s string) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f || s[i] == '\\' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case c < 0x20 || c == 0x7f:
+			b[i] = '_'
+		case c == '\\':
+			b[i] = '/'
+		}
+	}
+	return string(b)
+}
+
+// appendQuoted appends s as a line-protocol string field value: in double
+// quotes, with '"' and '\' escaped by a backslash. Other bytes are written as
+// they are (InfluxDB accepts newlines inside a quoted string).
+func appendQuoted(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '"' || c == '\\' {
+			dst = append(dst, '\\')
+		}
+		dst = append(dst, c)
+	}
+	return append(dst, '"')
+}

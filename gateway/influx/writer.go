@@ -1,0 +1,560 @@
+package influx
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
+	"github.com/influxdata/influxdb-client-go/v2/api"
+	http2 "github.com/influxdata/influxdb-client-go/v2/api/http"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/citygw/citygw/devices/yamlconf"
+)
+
+// WriterConfig configures a Writer. Zero fields take the defaults below.
+type WriterConfig struct {
+	// URL of the InfluxDB HTTP API, e.g. http://127.0.0.1:8086.
+	URL string `yaml:"url"`
+	// Bucket is "database/retention-policy" for InfluxDB 1.8 ("database"
+	// alone means its default retention policy), a bucket name for 2.x.
+	Bucket string `yaml:"bucket"`
+	// Org is required by InfluxDB 2.x and ignored by 1.8.
+	Org string `yaml:"org,omitempty"`
+	// Token is sent as "Authorization: Token …": a 2.x token, or
+	// "user:password" for 1.8 with auth on, or empty. The caller resolves it
+	// from the environment or a file; it is never logged.
+	Token string `yaml:"-"`
+	// TLS configures https connections (nil: system roots).
+	TLS *tls.Config `yaml:"-"`
+
+	BatchSize         int               `yaml:"batch_size,omitempty"`          // lines per request, default 5000
+	FlushInterval     yamlconf.Duration `yaml:"flush_interval,omitempty"`      // oldest line's age that forces a request, default 1s
+	MaxPendingBatches int               `yaml:"max_pending_batches,omitempty"` // full batches waiting in memory before Add blocks, default 16
+	Timeout           yamlconf.Duration `yaml:"timeout,omitempty"`             // per request, default 30s
+	RetryInterval     yamlconf.Duration `yaml:"retry_interval,omitempty"`      // first retry delay, default 500ms, doubling per attempt
+	MaxRetryInterval  yamlconf.Duration `yaml:"max_retry_interval,omitempty"`  // retry delay cap, default 30s
+	MaxRetryAfter     yamlconf.Duration `yaml:"max_retry_after,omitempty"`     // cap on a server's Retry-After, default 5m
+	ShutdownGrace     yamlconf.Duration `yaml:"shutdown_grace,omitempty"`      // how long Run keeps writing after its context ends, default 10s
+	HealthInterval    yamlconf.Duration `yaml:"health_interval,omitempty"`     // ping InfluxDB when idle this long, default 10s
+}
+
+func (c *WriterConfig) setDefaults() {
+	def := func(d *yamlconf.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = yamlconf.Duration(v)
+		}
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 5000
+	}
+	if c.MaxPendingBatches <= 0 {
+		c.MaxPendingBatches = 16
+	}
+	def(&c.FlushInterval, time.Second)
+	def(&c.Timeout, 30*time.Second)
+	def(&c.RetryInterval, 500*time.Millisecond)
+	def(&c.MaxRetryInterval, 30*time.Second)
+	def(&c.MaxRetryAfter, 5*time.Minute)
+	def(&c.ShutdownGrace, 10*time.Second)
+	def(&c.HealthInterval, 10*time.Second)
+}
+
+// Stats is a snapshot of a Writer's counters.
+type Stats struct {
+	Accepted  int64     // lines taken by Add (or from a source)
+	Written   int64     // points InfluxDB accepted
+	Rejected  int64     // points InfluxDB refused for good (bad point, type conflict)
+	Dropped   int64     // points given up at shutdown
+	Queued    int64     // points accepted by Add and not yet written, rejected or dropped
+	Batches   int64     // requests InfluxDB answered with success or a partial write
+	Errors    int64     // failed write attempts
+	Retries   int64     // write attempts repeated after a failure
+	LastError string    // the last failure, "" after a success
+	LastWrite time.Time // the last successful request
+}
+
+// Writer sends batches of line protocol to InfluxDB. Lines given to Add wait
+// in a bounded memory queue; Run drains it. Safe for concurrent use.
+type Writer struct {
+	cfg    WriterConfig
+	log    *slog.Logger
+	client influxdb2.Client
+	api    api.WriteAPIBlocking
+	queue  *memQueue
+	m      metrics
+
+	accepted, written, rejected, dropped, batches, errs, retries, queued atomic.Int64
+	healthy                                                              atomic.Bool
+	lastAttempt                                                          atomic.Int64 // unix ns
+
+	mu        sync.Mutex
+	lastErr   string
+	lastWrite time.Time
+	progress  chan struct{} // closed and replaced whenever a batch is finished
+}
+
+type metrics struct {
+	written  prometheus.Counter
+	rejected prometheus.Counter
+	dropped  prometheus.Counter
+	errors   *prometheus.CounterVec
+	retries  prometheus.Counter
+	duration prometheus.Histogram
+	batch    prometheus.Histogram
+	queue    prometheus.Gauge
+	up       prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	failed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "citygw_influx_points_failed_total",
+		Help: "Points not written: rejected by InfluxDB for good, or dropped by the writer at shutdown.",
+	}, []string{"reason"})
+	m := metrics{
+		written: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "citygw_influx_points_written_total",
+			Help: "Points InfluxDB accepted.",
+		}),
+		rejected: failed.WithLabelValues("rejected"),
+		dropped:  failed.WithLabelValues("dropped"),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "citygw_influx_write_errors_total",
+			Help: "Failed write requests by HTTP status code (\"network\" when there was no answer).",
+		}, []string{"code"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "citygw_influx_write_retries_total",
+			Help: "Write requests repeated after a failure.",
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "citygw_influx_write_duration_seconds",
+			Help:    "Duration of one write request, successful or not.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "citygw_influx_batch_points",
+			Help:    "Points per write request.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
+		}),
+		queue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "citygw_influx_queue_points",
+			Help: "Points accepted and not yet written, rejected or dropped.",
+		}),
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "citygw_influx_up",
+			Help: "1 when the last write or ping reached InfluxDB, else 0.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.written, failed, m.errors, m.retries, m.duration, m.batch, m.queue, m.up} {
+		if err := reg.Register(c); err != nil {
+			return m, fmt.Errorf("registering InfluxDB writer metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// NewWriter checks cfg and returns a Writer; nothing is sent until Run.
+func NewWriter(cfg WriterConfig, reg prometheus.Registerer, log *slog.Logger) (*Writer, error) {
+	if cfg.URL == "" {
+		return nil, errors.New("influx writer: url is required")
+	}
+	if !strings.HasPrefix(cfg.URL, "http://") && !strings.HasPrefix(cfg.URL, "https://") {
+		return nil, fmt.Errorf("influx writer: url %q must start with http:// or https://", cfg.URL)
+	}
+	if cfg.Bucket == "" {
+		return nil, errors.New("influx writer: bucket is required (\"database/retention-policy\" for InfluxDB 1.8)")
+	}
+	cfg.setDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	opts := influxdb2.DefaultOptions().
+		SetUseGZip(true).
+		SetPrecision(time.Nanosecond).
+		SetHTTPRequestTimeout(uint((cfg.Timeout.D() + time.Second - 1) / time.Second)).
+		SetLogLevel(0). // errors only; this writer logs its own failures
+		SetApplicationName("citygw").
+		// The blocking API without batching sends each call once: no client
+		// side buffer that could drop data, no retries behind our back.
+		SetMaxRetries(0)
+	if cfg.TLS != nil {
+		opts.SetTLSConfig(cfg.TLS)
+	}
+	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
+	w := &Writer{
+		cfg:      cfg,
+		log:      log.With("component", "influx", "url", redactURL(cfg.URL), "bucket", cfg.Bucket),
+		client:   client,
+		api:      client.WriteAPIBlocking(cfg.Org, cfg.Bucket),
+		queue:    newMemQueue(cfg.BatchSize, cfg.MaxPendingBatches, cfg.FlushInterval.D()),
+		m:        m,
+		progress: make(chan struct{}),
+	}
+	return w, nil
+}
+
+// Add copies one line of line protocol (with or without its trailing
+// newline) into the current batch. When MaxPendingBatches full batches are
+// already waiting, because InfluxDB is slow or down, Add blocks until one is
+// written or ctx ends: that is the writer's backpressure. Once Run has
+// returned, Add fails with ErrClosed.
+func (w *Writer) Add(ctx context.Context, line []byte) error {
+	waited, err := w.queue.add(ctx, line)
+	if waited && err == nil {
+		w.log.Debug("InfluxDB writer queue was full; the caller waited")
+	}
+	if err != nil {
+		return err
+	}
+	w.accepted.Add(1)
+	w.queued.Add(1)
+	w.m.queue.Inc()
+	return nil
+}
+
+// Run drains the writer's own queue until ctx ends, then seals and writes
+// what is left for up to ShutdownGrace; points it cannot write in that time
+// are counted as dropped. Add fails with ErrClosed from the moment ctx ends.
+// Run returns nil after a clean shutdown.
+func (w *Writer) Run(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		w.queue.close()
+	}()
+	return w.Drain(ctx, w.queue)
+}
+
+// Drain writes the batches of src in order until ctx ends, then takes what
+// src has left (Next with flush) for up to ShutdownGrace. A batch is handed
+// back to src.Done only when InfluxDB has accepted it, rejected it for good,
+// or the grace period ran out (written false). Failures in between are
+// retried with exponential backoff and jitter, honouring Retry-After.
+func (w *Writer) Drain(ctx context.Context, src BatchSource) error {
+	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSend()
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		t := time.NewTimer(w.cfg.ShutdownGrace.D())
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelSend()
+		case <-finished:
+		}
+	}()
+	go w.healthLoop(sendCtx)
+
+	// Batches of another source were not counted by Add: count them as
+	// accepted when taken, so that the queue gauge stays balanced.
+	own := src == BatchSource(w.queue)
+	take := func(b *Batch) {
+		if !own {
+			w.accepted.Add(int64(b.Points))
+			w.queued.Add(int64(b.Points))
+			w.m.queue.Add(float64(b.Points))
+		}
+	}
+	w.ping(ctx)
+	for {
+		b, err := src.Next(ctx, false)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return fmt.Errorf("reading the next batch for InfluxDB: %w", err)
+		}
+		if b == nil {
+			continue
+		}
+		take(b)
+		src.Done(b, w.send(sendCtx, b))
+	}
+	// Shutdown: write what is left while the grace period lasts; what is
+	// still left after it is counted as dropped.
+	for {
+		b, err := src.Next(sendCtx, true)
+		if err != nil || b == nil {
+			break
+		}
+		take(b)
+		src.Done(b, w.send(sendCtx, b))
+	}
+	return nil
+}
+
+// send writes one batch, retrying until InfluxDB answers for good or ctx
+// ends. It reports whether the batch was written (a partial write counts: the
+// rest was rejected for good).
+func (w *Writer) send(ctx context.Context, b *Batch) bool {
+	if b.Points == 0 {
+		return true
+	}
+	// One copy per batch: the client takes a string, and the gzip goroutine
+	// it starts may still read the body after a failed request returns.
+	body := string(b.Lines)
+	for attempt := 0; ; attempt++ {
+		if ctx.Err() != nil {
+			w.finish(b.Points, 0, 0, b.Points)
+			w.log.Error("InfluxDB writer gave up on a batch at shutdown", "points", b.Points)
+			return false
+		}
+		start := time.Now()
+		w.lastAttempt.Store(start.UnixNano())
+		err := w.api.WriteRecord(ctx, body)
+		w.m.duration.Observe(time.Since(start).Seconds())
+		if err == nil {
+			w.setHealthy(true, "")
+			w.m.batch.Observe(float64(b.Points))
+			w.batches.Add(1)
+			w.finish(b.Points, b.Points, 0, 0)
+			if attempt > 0 {
+				w.log.Info("InfluxDB write succeeded after retries", "points", b.Points, "attempts", attempt+1)
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			continue // reported above, at the top of the loop
+		}
+		status, retryAfter, msg := classify(err)
+		code := "network"
+		if status != 0 {
+			code = strconv.Itoa(status)
+		}
+		w.m.errors.WithLabelValues(code).Inc()
+		w.errs.Add(1)
+		if permanent(status) {
+			failed := rejectedPoints(msg, b.Points)
+			w.setHealthy(true, "")
+			w.m.batch.Observe(float64(b.Points))
+			w.batches.Add(1)
+			w.finish(b.Points, b.Points-failed, failed, 0)
+			w.log.Error("InfluxDB rejected points; they are dropped",
+				"status", status, "error", msg, "points", b.Points, "rejected", failed)
+			return true
+		}
+		w.setHealthy(false, err.Error())
+		delay := w.backoff(attempt)
+		if retryAfter > 0 {
+			delay = min(retryAfter, w.cfg.MaxRetryAfter.D())
+		}
+		level := slog.LevelWarn
+		if attempt > 0 {
+			level = slog.LevelDebug
+		}
+		w.log.Log(ctx, level, "InfluxDB write failed; retrying",
+			"status", code, "error", msg, "points", b.Points, "attempt", attempt+1, "retry_in", delay)
+		w.retries.Add(1)
+		w.m.retries.Inc()
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+}
+
+// finish accounts for a batch that is done with.
+func (w *Writer) finish(points, written, rejected, dropped int) {
+	w.written.Add(int64(written))
+	w.rejected.Add(int64(rejected))
+	w.dropped.Add(int64(dropped))
+	w.m.written.Add(float64(written))
+	w.m.rejected.Add(float64(rejected))
+	w.m.dropped.Add(float64(dropped))
+	w.queued.Add(-int64(points))
+	w.m.queue.Sub(float64(points))
+	w.mu.Lock()
+	close(w.progress)
+	w.progress = make(chan struct{})
+	w.mu.Unlock()
+}
+
+func (w *Writer) setHealthy(ok bool, errText string) {
+	w.healthy.Store(ok)
+	if ok {
+		w.m.up.Set(1)
+	} else {
+		w.m.up.Set(0)
+	}
+	w.mu.Lock()
+	w.lastErr = errText
+	if ok && errText == "" {
+		w.lastWrite = time.Now()
+	}
+	w.mu.Unlock()
+}
+
+// backoff is RetryInterval·2^attempt capped at MaxRetryInterval, with jitter:
+// a uniformly random delay in [d/2, d].
+func (w *Writer) backoff(attempt int) time.Duration {
+	d := w.cfg.RetryInterval.D()
+	for i := 0; i < attempt && d < w.cfg.MaxRetryInterval.D(); i++ {
+		d *= 2
+	}
+	d = min(d, w.cfg.MaxRetryInterval.D())
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// classify extracts the HTTP status (0: no answer), the Retry-After delay and
+// the server's message from a write error.
+func classify(err error) (status int, retryAfter time.Duration, msg string) {
+	var he *http2.Error
+	if errors.As(err, &he) {
+		msg = he.Message
+		if msg == "" {
+			msg = he.Error()
+		}
+		return he.StatusCode, time.Duration(he.RetryAfter) * time.Second, msg
+	}
+	return 0, 0, err.Error()
+}
+
+// permanent reports whether an HTTP status means the batch will never be
+// accepted as it is. Authentication (401, 403) and a missing database or
+// bucket (404) are configuration problems an operator fixes: they are retried
+// so that nothing is lost meanwhile, as are 408, 429 and every 5xx.
+func permanent(status int) bool {
+	switch {
+	case status == 0:
+		return false
+	case status == http.StatusUnauthorized, status == http.StatusForbidden,
+		status == http.StatusNotFound, status == http.StatusRequestTimeout,
+		status == http.StatusTooManyRequests:
+		return false
+	case status >= 400 && status < 500:
+		return true
+	}
+	return false
+}
+
+var droppedRE = regexp.MustCompile(`dropped=(\d+)`)
+
+// rejectedPoints returns how many of a batch's points a permanent error
+// refused. InfluxDB 1.8 writes what it can of a batch: a "partial write" with
+// "dropped=N" refused N points (a field type conflict, say); points that did
+// not parse are reported one "unable to parse" each; anything else refused
+// the whole batch.
+func rejectedPoints(msg string, points int) int {
+	if strings.Contains(msg, "partial write") {
+		if m := droppedRE.FindStringSubmatch(msg); m != nil {
+			if n, err := strconv.Atoi(m[1]); err == nil && n > 0 {
+				return min(n, points)
+			}
+		}
+		if n := strings.Count(msg, "unable to parse"); n > 0 {
+			return min(n, points)
+		}
+	}
+	return points
+}
+
+// healthLoop pings InfluxDB when no write was attempted for HealthInterval,
+// so Healthy follows the server while there is nothing to write.
+func (w *Writer) healthLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.HealthInterval.D())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if time.Since(time.Unix(0, w.lastAttempt.Load())) >= w.cfg.HealthInterval.D() {
+			w.ping(ctx)
+		}
+	}
+}
+
+func (w *Writer) ping(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout.D())
+	defer cancel()
+	_, err := w.client.Ping(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("InfluxDB is not reachable", "error", err)
+		}
+		w.healthy.Store(false)
+		w.m.up.Set(0)
+		return
+	}
+	w.healthy.Store(true)
+	w.m.up.Set(1)
+}
+
+// Flush seals the current batch and waits until every line added before the
+// call is written, rejected or dropped, or ctx ends. It needs Run running.
+func (w *Writer) Flush(ctx context.Context) error {
+	target := w.accepted.Load()
+	for {
+		w.mu.Lock()
+		progress := w.progress
+		w.mu.Unlock()
+		if w.written.Load()+w.rejected.Load()+w.dropped.Load() >= target {
+			return nil
+		}
+		w.queue.sealNow()
+		select {
+		case <-progress:
+		case <-ctx.Done():
+			return fmt.Errorf("flushing InfluxDB writer: %w", ctx.Err())
+		}
+	}
+}
+
+// Healthy reports whether the last write or ping reached InfluxDB.
+func (w *Writer) Healthy() bool { return w.healthy.Load() }
+
+// Stats returns a snapshot of the writer's counters.
+func (w *Writer) Stats() Stats {
+	w.mu.Lock()
+	lastErr, lastWrite := w.lastErr, w.lastWrite
+	w.mu.Unlock()
+	return Stats{
+		Accepted:  w.accepted.Load(),
+		Written:   w.written.Load(),
+		Rejected:  w.rejected.Load(),
+		Dropped:   w.dropped.Load(),
+		Queued:    w.queued.Load(),
+		Batches:   w.batches.Load(),
+		Errors:    w.errs.Load(),
+		Retries:   w.retries.Load(),
+		LastError: lastErr,
+		LastWrite: lastWrite,
+	}
+}
+
+// redactURL hides a password given in the URL's user info.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	return u.Redacted()
+}
+
+// Close releases the client's idle connections; call it after Run returned.
+func (w *Writer) Close() { w.client.Close() }

@@ -1,0 +1,325 @@
+package testenv
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// InfluxDBInstall is how a missing influxd is installed.
+const InfluxDBInstall = "GOBIN=${CITYGW_TOOLS:-$HOME/.cache/citygw/bin} go install github.com/influxdata/influxdb/cmd/influxd@v1.8.10"
+
+// DefaultInfluxDB is the database StartInfluxDB creates.
+const DefaultInfluxDB = "citygw"
+
+// InfluxDB is an influxd 1.8 server started by a test: HTTP API on a free
+// loopback port, data in the test's temporary directory, auth off, Flux on.
+// Stop and Start keep its ports and data, for outage tests.
+type InfluxDB struct {
+	Proc *Process
+	Dir  string // meta, data and wal live here
+	Port int    // HTTP API port
+	DB   string // the database created at start (DefaultInfluxDB)
+
+	t    testing.TB
+	http *http.Client
+}
+
+// StartInfluxDB starts influxd, waits until it answers /ping and creates the
+// database DefaultInfluxDB. The server is stopped when the test ends.
+func StartInfluxDB(t testing.TB) *InfluxDB {
+	t.Helper()
+	bin := RequireTool(t, "influxd", InfluxDBInstall)
+	dir := t.TempDir()
+	db := &InfluxDB{Dir: dir, Port: FreePort(t), DB: DefaultInfluxDB, t: t, http: &http.Client{Timeout: 30 * time.Second}}
+	rpcPort := FreePort(t)
+	conf := fmt.Sprintf(`reporting-disabled = true
+bind-address = "127.0.0.1:%d"
+
+[meta]
+  dir = %q
+  logging-enabled = false
+
+[data]
+  dir = %q
+  wal-dir = %q
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = false
+  log-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:%d"
+  auth-enabled = false
+  log-enabled = false
+  flux-enabled = true
+  pprof-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+`, rpcPort, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), db.Port)
+	cfgFile := filepath.Join(dir, "influxdb.conf")
+	if err := os.WriteFile(cfgFile, []byte(conf), 0o644); err != nil {
+		t.Fatalf("writing influxd config: %v", err)
+	}
+	db.Proc = StartProcess(t, bin, "run", "-config", cfgFile)
+	db.waitReady()
+	db.CreateDB(db.DB)
+	return db
+}
+
+// URL returns the server's base URL, http://127.0.0.1:port.
+func (db *InfluxDB) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", db.Port) }
+
+// Bucket returns the v2-compatibility bucket of the database's default
+// retention policy, "db/autogen".
+func (db *InfluxDB) Bucket() string { return db.DB + "/autogen" }
+
+func (db *InfluxDB) waitReady() {
+	db.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := db.http.Get(db.URL() + "/ping")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusNoContent {
+				return
+			}
+		}
+		if !db.Proc.Running() {
+			db.t.Fatalf("influxd exited during start:\n%s", db.Proc.Output())
+		}
+		if time.Now().After(deadline) {
+			db.t.Fatalf("influxd did not answer /ping on %s within 30s (last error %v)", db.URL(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Stop shuts the server down (SIGTERM), keeping its data and ports.
+func (db *InfluxDB) Stop() { db.Proc.Stop() }
+
+// Kill kills the server (SIGKILL, a crash), keeping its data and ports.
+func (db *InfluxDB) Kill() { db.Proc.Kill() }
+
+// Start restarts a stopped server on the same ports and data and waits until
+// it answers /ping.
+func (db *InfluxDB) Start() {
+	db.t.Helper()
+	if err := db.Proc.Start(); err != nil {
+		db.t.Fatal(err)
+	}
+	db.waitReady()
+}
+
+// CreateDB creates a database (idempotent); it fails the test on error.
+func (db *InfluxDB) CreateDB(name string) {
+	db.t.Helper()
+	if _, err := db.Query("", "CREATE DATABASE "+QuoteIdent(name)); err != nil {
+		db.t.Fatalf("creating database %s: %v", name, err)
+	}
+}
+
+// QuoteIdent quotes an InfluxQL identifier.
+func QuoteIdent(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// Series is one series of an InfluxQL result. Values keep JSON's numbers as
+// json.Number (times are nanoseconds since the epoch), so integers and floats
+// are compared exactly; use SHOW FIELD KEYS for the stored field types.
+type Series struct {
+	Name    string            `json:"name"`
+	Tags    map[string]string `json:"tags"`
+	Columns []string          `json:"columns"`
+	Values  [][]any           `json:"values"`
+}
+
+// Rows returns the series' rows as maps from column name to value.
+func (s Series) Rows() []map[string]any {
+	out := make([]map[string]any, len(s.Values))
+	for i, row := range s.Values {
+		m := make(map[string]any, len(row))
+		for j, v := range row {
+			if j < len(s.Columns) {
+				m[s.Columns[j]] = v
+			}
+		}
+		out[i] = m
+	}
+	return out
+}
+
+// Query runs InfluxQL statements against db (may be empty for server-wide
+// statements) through the 1.x /query API, with epoch=ns, and returns every
+// series of every statement. A statement error is returned as an error.
+func (db *InfluxDB) Query(dbName, influxql string) ([]Series, error) {
+	form := url.Values{"q": {influxql}, "epoch": {"ns"}}
+	if dbName != "" {
+		form.Set("db", dbName)
+	}
+	resp, err := db.http.PostForm(db.URL()+"/query", form)
+	if err != nil {
+		return nil, fmt.Errorf("influxql %q: %w", influxql, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("influxql %q: reading answer: %w", influxql, err)
+	}
+	var ans struct {
+		Results []struct {
+			Series []Series `json:"series"`
+			Error  string   `json:"error"`
+		} `json:"results"`
+		Error string `json:"error"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&ans); err != nil {
+		return nil, fmt.Errorf("influxql %q: HTTP %d, undecodable answer %q: %w", influxql, resp.StatusCode, body, err)
+	}
+	if ans.Error != "" {
+		return nil, fmt.Errorf("influxql %q: %s", influxql, ans.Error)
+	}
+	var out []Series
+	for _, r := range ans.Results {
+		if r.Error != "" {
+			return nil, fmt.Errorf("influxql %q: %s", influxql, r.Error)
+		}
+		out = append(out, r.Series...)
+	}
+	return out, nil
+}
+
+// Count returns how many points of measurement in dbName carry field
+// (SELECT count(field)); 0 when there are none.
+func (db *InfluxDB) Count(dbName, measurement, field string) (int, error) {
+	series, err := db.Query(dbName, fmt.Sprintf("SELECT count(%s) FROM %s", QuoteIdent(field), QuoteIdent(measurement)))
+	if err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, s := range series {
+		for _, row := range s.Values {
+			if len(row) < 2 {
+				continue
+			}
+			n, ok := row[1].(json.Number)
+			if !ok {
+				return 0, fmt.Errorf("count of %s.%s: unexpected value %v", measurement, field, row[1])
+			}
+			i, err := n.Int64()
+			if err != nil {
+				return 0, fmt.Errorf("count of %s.%s: %w", measurement, field, err)
+			}
+			total += int(i)
+		}
+	}
+	return total, nil
+}
+
+// WaitCount waits until Count reaches at least want and returns the last
+// count; it fails the test after timeout.
+func (db *InfluxDB) WaitCount(dbName, measurement, field string, want int, timeout time.Duration) int {
+	db.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := db.Count(dbName, measurement, field)
+		if err == nil && n >= want {
+			return n
+		}
+		if time.Now().After(deadline) {
+			db.t.Fatalf("%s.%s in %s: %d points after %v, want %d (last error %v)", measurement, field, dbName, n, timeout, want, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// QueryFlux runs a Flux query through the v2-compatibility /api/v2/query
+// endpoint (annotated CSV) and returns the data rows as maps from column name
+// to the raw CSV text. Tables of several results are concatenated; header and
+// annotation rows are not returned.
+func (db *InfluxDB) QueryFlux(flux string) ([]map[string]string, error) {
+	body, err := json.Marshal(map[string]any{
+		"query":   flux,
+		"type":    "flux",
+		"dialect": map[string]any{"header": true, "annotations": []string{}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequest(http.MethodPost, db.URL()+"/api/v2/query", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/csv")
+	resp, err := db.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("flux query: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("flux query: reading answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("flux query: HTTP %d: %s", resp.StatusCode, data)
+	}
+	r := csv.NewReader(bytes.NewReader(data))
+	r.FieldsPerRecord = -1
+	var header []string
+	var rows []map[string]string
+	for {
+		rec, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("flux query: parsing CSV: %w", err)
+		}
+		if len(rec) == 0 || len(rec) == 1 && rec[0] == "" {
+			header = nil // a blank line separates tables with different columns
+			continue
+		}
+		if header == nil || isFluxHeader(rec) {
+			header = rec
+			continue
+		}
+		if len(rec) > 0 && strings.HasPrefix(rec[0], "#") {
+			continue
+		}
+		if len(header) > 1 && header[1] == "error" {
+			return nil, fmt.Errorf("flux query: %s", strings.Join(rec, " "))
+		}
+		m := make(map[string]string, len(rec))
+		for i, v := range rec {
+			if i < len(header) && header[i] != "" {
+				m[header[i]] = v
+			}
+		}
+		rows = append(rows, m)
+	}
+	return rows, nil
+}
+
+// isFluxHeader reports whether a CSV record is a table's header row.
+func isFluxHeader(rec []string) bool {
+	return len(rec) > 2 && rec[1] == "result" && rec[2] == "table" || len(rec) > 1 && rec[0] == "" && rec[1] == "error"
+}
