@@ -211,15 +211,17 @@ func ParseInventoryCSV(file string, data []byte, cat *Catalog) (*Inventory, erro
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		line, _ := r.FieldPos(0)
 		if err != nil {
-			errs = append(errs, &yamlconf.Error{File: file, Line: line, Msg: err.Error()})
+			line := 0
 			var pe *csv.ParseError
-			if errors.As(err, &pe) && pe.Err != csv.ErrFieldCount {
-				break
+			if errors.As(err, &pe) {
+				line = pe.Line
 			}
-			continue
+			// The reader cannot resynchronise after a quoting error.
+			errs = append(errs, &yamlconf.Error{File: file, Line: line, Msg: err.Error()})
+			break
 		}
+		line, _ := r.FieldPos(0)
 		get := func(name string) string {
 			if i, ok := col[name]; ok && i < len(rec) {
 				return strings.TrimSpace(rec[i])
@@ -228,7 +230,7 @@ func ParseInventoryCSV(file string, data []byte, cat *Catalog) (*Inventory, erro
 		}
 		fail := func(field, format string, args ...any) {
 			c := 0
-			if i, ok := col[field]; ok {
+			if i, ok := col[field]; ok && i < len(rec) {
 				_, c = r.FieldPos(i)
 			}
 			errs = append(errs, &yamlconf.Error{File: file, Line: line, Column: c, Field: field, Msg: fmt.Sprintf(format, args...)})

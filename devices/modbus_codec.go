@@ -17,6 +17,9 @@ type DecodeError struct {
 }
 
 func (e *DecodeError) Error() string {
+	if e.Field == "" {
+		return e.Msg
+	}
 	if e.Path != "" || e.Table == "" {
 		return fmt.Sprintf("field %s (json %s): %s", e.Field, e.Path, e.Msg)
 	}

@@ -69,7 +69,14 @@ type Doc struct {
 
 // Decode parses data from file into v, rejecting unknown and duplicate keys.
 // It returns the parsed document for Doc.Errorf.
-func Decode(file string, data []byte, v any) (*Doc, error) {
+func Decode(file string, data []byte, v any) (doc *Doc, err error) {
+	// The YAML library has panicked on some malformed documents (found by
+	// FuzzParseInventory); a bad file must be an error, never a crash.
+	defer func() {
+		if p := recover(); p != nil {
+			doc, err = nil, &Error{File: file, Msg: fmt.Sprintf("malformed YAML (parser failed: %v)", p)}
+		}
+	}()
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return nil, fromYAML(file, err)

@@ -1,0 +1,168 @@
+package devices
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func testBinAsset(t testing.TB) (*Profile, *Asset) {
+	t.Helper()
+	cat, err := LoadBuiltinCatalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := NewInventory(cat, []*Asset{{ID: "BIN-1", Model: "binsense-ws3", Lat: 31.3, Lon: 120.6}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cat.Profile("binsense-ws3"), inv.Assets[0]
+}
+
+const binPayload = `{"ts":1764130000123,"fill":{"pct":73.5,"dist_cm":31},"temp_c":21.5,"tilt_deg":2.0,"lid_open":false,"battery":{"pct":88,"v":3.61},"radio":{"rssi":-87,"snr":7.5},"fw":"3.1.4"}`
+
+func TestDecodeJSON(t *testing.T) {
+	p, a := testBinAsset(t)
+	tests := []struct {
+		name    string
+		payload string
+		want    map[string]Value
+		ts      time.Time
+		wantErr string
+	}{
+		{name: "full", payload: binPayload, ts: time.UnixMilli(1764130000123).UTC(), want: map[string]Value{
+			"fill_pct": FloatValue(73.5), "distance_cm": IntValue(31), "temperature_c": FloatValue(21.5),
+			"tilt_deg": FloatValue(2), "lid_open": BoolValue(false), "battery_pct": IntValue(88),
+			"battery_v": FloatValue(3.61), "rssi_dbm": IntValue(-87), "snr_db": FloatValue(7.5), "firmware": StringValue("3.1.4")}},
+		{name: "unix seconds and extra fields", payload: `{"ts":1764130000.5,"unknown":{"a":[1,2,{"b":null}]},"fill":{"pct":10}}`,
+			ts: time.Unix(1764130000, 5e8).UTC(), want: map[string]Value{"fill_pct": FloatValue(10)}},
+		{name: "rfc3339", payload: `{"ts":"2026-11-26T08:00:00+08:00","lid_open":true}`,
+			ts: time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC), want: map[string]Value{"lid_open": BoolValue(true)}},
+		{name: "null is missing", payload: `{"fill":{"pct":null},"temp_c":3}`, want: map[string]Value{"temperature_c": FloatValue(3)}},
+		{name: "escaped key and string", payload: `{"f\u0077":"a\"b","temp_c":1e1}`, want: map[string]Value{"firmware": StringValue(`a"b`), "temperature_c": FloatValue(10)}},
+		{name: "bool as 0/1", payload: `{"lid_open":1}`, want: map[string]Value{"lid_open": BoolValue(true)}},
+		{name: "wrong type keeps the good fields", payload: `{"fill":{"pct":"full"},"temp_c":20}`, want: map[string]Value{"temperature_c": FloatValue(20)}, wantErr: "field fill_pct (json fill.pct): want a number, got a string"},
+		{name: "int field with fraction", payload: `{"battery":{"pct":88.5}}`, want: map[string]Value{}, wantErr: "want an integer"},
+		{name: "out of range", payload: `{"fill":{"pct":140}}`, want: map[string]Value{}, wantErr: "above the plausible maximum"},
+		{name: "huge number", payload: `{"temp_c":1e400}`, want: map[string]Value{}, wantErr: "value is +Inf"},
+		{name: "not an object", payload: `[1,2]`, wantErr: "not a JSON object"},
+		{name: "truncated", payload: `{"temp_c":1`, wantErr: "invalid JSON"},
+		{name: "trailing garbage", payload: `{"temp_c":1} x`, wantErr: "trailing data"},
+		{name: "bad literal", payload: `{"lid_open":tru}`, wantErr: "invalid literal"},
+		{name: "NaN literal", payload: `{"temp_c":NaN}`, wantErr: "unexpected character"},
+		{name: "control char", payload: "{\"fw\":\"a\x01\"}", wantErr: "control character"},
+		{name: "bad timestamp", payload: `{"ts":"yesterday","temp_c":1}`, want: map[string]Value{"temperature_c": FloatValue(1)}, wantErr: "timestamp"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r Reading
+			r.Reset(a)
+			ts, err := p.DecodeJSON([]byte(tt.payload), &r)
+			if tt.wantErr == "" && err != nil {
+				t.Fatalf("DecodeJSON: %v", err)
+			}
+			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("error %v, want it to contain %q", err, tt.wantErr)
+			}
+			if !ts.Equal(tt.ts) {
+				t.Errorf("timestamp %v, want %v", ts, tt.ts)
+			}
+			if tt.want == nil {
+				return
+			}
+			if n := r.NumValid(); n != len(tt.want) {
+				t.Errorf("%d valid fields, want %d: %v", n, len(tt.want), r.String())
+			}
+			for name, w := range tt.want {
+				if got := r.Get(name); !got.Equal(w) {
+					t.Errorf("%s = %v (%v), want %v", name, got, got.Type, w)
+				}
+			}
+		})
+	}
+}
+
+func TestDecodeJSONArrayPath(t *testing.T) {
+	p, err := ParseProfile("arr.yaml", []byte(`model: arr
+kind: multi
+transport: mqtt
+fields:
+  - {name: second, path: lamps.1.on, type: bool}
+  - {name: first_w, path: lamps.0.w, type: float}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := NewCatalog(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := NewInventory(cat, []*Asset{{ID: "M1", Model: "arr", Lat: 1, Lon: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Reading
+	r.Reset(inv.Assets[0])
+	if _, err := p.DecodeJSON([]byte(`{"lamps":[{"w":12.5,"on":false},{"on":true}]}`), &r); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Get("second").Bool() || r.Get("first_w").F != 12.5 {
+		t.Errorf("got %v", r.String())
+	}
+}
+
+func TestDecodeJSONAllocs(t *testing.T) {
+	p, a := testBinAsset(t)
+	var r Reading
+	r.Reset(a)
+	payload := []byte(strings.Replace(binPayload, `,"fw":"3.1.4"`, "", 1))
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := p.DecodeJSON(payload, &r); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("DecodeJSON of a payload without string fields allocates %v times, want 0", allocs)
+	}
+}
+
+func BenchmarkDecodeJSON(b *testing.B) {
+	p, a := testBinAsset(b)
+	var r Reading
+	r.Reset(a)
+	payload := []byte(binPayload)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		if _, err := p.DecodeJSON(payload, &r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// FuzzDecodeJSON: arbitrary payloads never panic; whatever encoding/json
+// accepts as an object, DecodeJSON parses without a syntax error; decoded
+// values have their schema field's type.
+func FuzzDecodeJSON(f *testing.F) {
+	for _, s := range []string{binPayload, `{}`, `{"fill":{"pct":"x"}}`, `{"ts":"2026-01-01T00:00:00Z"}`, `[`, `{"a":[[[[]]]]}`, `{"fw":"\u00e9\n"}`} {
+		f.Add([]byte(s))
+	}
+	p, a := testBinAsset(f)
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		var r Reading
+		r.Reset(a)
+		_, err := p.DecodeJSON(payload, &r)
+		var obj map[string]any
+		// DecodeJSON rejects invalid UTF-8, which encoding/json replaces.
+		if utf8.Valid(payload) && json.Unmarshal(payload, &obj) == nil && obj != nil && err != nil && strings.Contains(err.Error(), "invalid JSON") && !strings.Contains(string(payload), `\`) {
+			t.Fatalf("encoding/json accepts %q but DecodeJSON says %v", payload, err)
+		}
+		for i, v := range r.Values {
+			if v.Valid() && v.Type != a.Schema.Fields[i].Type {
+				t.Fatalf("field %s decoded as %v, schema says %v", a.Schema.Fields[i].Name, v.Type, a.Schema.Fields[i].Type)
+			}
+		}
+	})
+}
