@@ -1,0 +1,247 @@
+package rules
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/citygw/citygw/devices"
+	"github.com/expr-lang/expr/vm"
+)
+
+// errNoData is returned by functions that lack history (prev on the first
+// reading, avg over an empty window). It makes the condition false without
+// marking the rule unhealthy, as an absent series does in Prometheus.
+var errNoData = errors.New("no data")
+
+// evalCtx is what an expression sees while it runs: the asset, its current
+// and previous values and history, and the evaluation time. One is taken
+// from a pool per reading (or per Tick pass), so evaluating a rule allocates
+// nothing of ours: field values are boxed once per reading, aggregates once
+// per reading and window, however many rules use them.
+type evalCtx struct {
+	vm     vm.VM
+	ks     *kindSet
+	asset  *devices.Asset
+	st     *assetState
+	vals   []devices.Value
+	now    time.Time
+	nowNs  int64
+	loc    *time.Location
+	boxed  []any
+	boxOK  []bool
+	memo   []any
+	memoOK []bool
+	sunOK  bool
+	sun    float64
+	sunBox any
+	locOK  bool
+	local  time.Time
+	out    []Transition
+}
+
+func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []devices.Value, now time.Time, loc *time.Location) {
+	c.ks, c.asset, c.st, c.vals, c.now, c.nowNs, c.loc = ks, a, st, vals, now, now.UnixNano(), loc
+	n := len(vals)
+	if cap(c.boxed) < n {
+		c.boxed, c.boxOK = make([]any, n), make([]bool, n)
+	}
+	c.boxed, c.boxOK = c.boxed[:n], c.boxOK[:n]
+	clear(c.boxOK)
+	m := 0
+	if ks != nil {
+		m = len(ks.aggs)
+	}
+	if cap(c.memo) < m {
+		c.memo, c.memoOK = make([]any, m), make([]bool, m)
+	}
+	c.memo, c.memoOK = c.memo[:m], c.memoOK[:m]
+	clear(c.memoOK)
+	c.sunOK, c.locOK = false, false
+}
+
+// release drops references so a pooled context does not pin readings.
+func (c *evalCtx) release() {
+	c.ks, c.asset, c.st, c.vals = nil, nil, nil, nil
+	clear(c.boxed)
+	clear(c.memo)
+	clear(c.out)
+	c.out = c.out[:0]
+}
+
+// MissingFieldError is the run-time error of a rule reading a field the
+// reading does not carry.
+type MissingFieldError struct{ Field string }
+
+func (e *MissingFieldError) Error() string { return "field " + e.Field + " missing from the reading" }
+
+func box(v devices.Value) any {
+	switch v.Type {
+	case devices.Bool:
+		return v.I != 0
+	case devices.Int:
+		return int(v.I)
+	case devices.Float:
+		return v.F
+	case devices.String:
+		return v.S
+	}
+	return nil
+}
+
+func (c *evalCtx) field(i int) (any, error) {
+	if c.boxOK[i] {
+		return c.boxed[i], nil
+	}
+	v := c.vals[i]
+	if !v.Valid() {
+		if c.st != nil && c.st.lastNs == 0 {
+			return nil, errNoData // never reported (a Tick evaluation)
+		}
+		return nil, &MissingFieldError{c.ks.schema.Fields[i].Name}
+	}
+	b := box(v)
+	c.boxed[i], c.boxOK[i] = b, true
+	return b, nil
+}
+
+func fnField(params ...any) (any, error) {
+	return params[0].(*evalCtx).field(params[1].(int))
+}
+
+func fnPrev(params ...any) (any, error) {
+	c := params[0].(*evalCtx)
+	i := params[1].(int)
+	if c.st == nil || i >= len(c.st.prev) || !c.st.prev[i].Valid() {
+		return nil, errNoData
+	}
+	return box(c.st.prev[i]), nil
+}
+
+func (c *evalCtx) agg(slot int) (any, error) {
+	if c.memoOK[slot] {
+		if c.memo[slot] == nil {
+			return nil, errNoData
+		}
+		return c.memo[slot], nil
+	}
+	spec := c.ks.aggs[slot]
+	c.memoOK[slot] = true
+	var r *ring
+	if c.st != nil && spec.field < len(c.st.hist) {
+		r = c.st.hist[spec.field]
+	}
+	if r == nil {
+		c.memo[slot] = nil
+		return nil, errNoData
+	}
+	v, ok := r.aggregate(spec.op, c.nowNs, spec.window)
+	if !ok {
+		c.memo[slot] = nil
+		return nil, errNoData
+	}
+	c.memo[slot] = v
+	return v, nil
+}
+
+func fnAgg(params ...any) (any, error) {
+	return params[0].(*evalCtx).agg(params[1].(int))
+}
+
+func fnAssetString(params ...any) (any, error) {
+	c := params[0].(*evalCtx)
+	return assetProp(c.asset, params[1].(string)), nil
+}
+
+func fnAssetFloat(params ...any) (any, error) {
+	c := params[0].(*evalCtx)
+	if params[1].(string) == "lat" {
+		return c.asset.Lat, nil
+	}
+	return c.asset.Lon, nil
+}
+
+func fnAttr(params ...any) (any, error) {
+	c := params[0].(*evalCtx)
+	name := params[1].(string)
+	v, ok := c.asset.Attrs[name]
+	if !ok {
+		return nil, fmt.Errorf("asset %s has no attribute %s", c.asset.ID, name)
+	}
+	return v, nil
+}
+
+func (c *evalCtx) localTime() time.Time {
+	if !c.locOK {
+		c.local, c.locOK = c.now.In(c.loc), true
+	}
+	return c.local
+}
+
+func (c *evalCtx) sunElevation() float64 {
+	if !c.sunOK {
+		c.sun, c.sunOK = sunElevation(c.now, c.asset.Lat, c.asset.Lon), true
+		c.sunBox = c.sun
+	}
+	return c.sun
+}
+
+func fnBetween(params ...any) (any, error) {
+	c := params[0].(*evalCtx)
+	from, to := params[1].(int), params[2].(int)
+	t := c.localTime()
+	m := t.Hour()*60 + t.Minute()
+	if from <= to {
+		return m >= from && m < to, nil
+	}
+	return m >= from || m < to, nil // wraps midnight
+}
+
+// ctxFuncs are the argument-less functions of the context.
+var ctxFuncs = map[string]func(*evalCtx) (any, error){
+	"__age": func(c *evalCtx) (any, error) {
+		if c.st == nil {
+			return 0.0, nil
+		}
+		return float64(c.nowNs-c.st.seenNs()) / 1e9, nil
+	},
+	"__sun": func(c *evalCtx) (any, error) {
+		c.sunElevation()
+		return c.sunBox, nil
+	},
+	"__dark": func(c *evalCtx) (any, error) { return c.sunElevation() < DarkElevation, nil },
+	"__day":  func(c *evalCtx) (any, error) { return c.sunElevation() > DayElevation, nil },
+	"__hour": func(c *evalCtx) (any, error) { return c.localTime().Hour(), nil },
+	"__minute": func(c *evalCtx) (any, error) {
+		return c.localTime().Minute(), nil
+	},
+	"__weekday": func(c *evalCtx) (any, error) { return int(c.localTime().Weekday()), nil },
+	"__tod": func(c *evalCtx) (any, error) {
+		t := c.localTime()
+		return float64(t.Hour()) + float64(t.Minute())/60 + float64(t.Second())/3600, nil
+	},
+	"__weekend": func(c *evalCtx) (any, error) {
+		d := c.localTime().Weekday()
+		return d == time.Saturday || d == time.Sunday, nil
+	},
+}
+
+// value computes a probe for evidence.
+func (c *evalCtx) probeValue(p probe) any {
+	var v any
+	var err error
+	switch p.kind {
+	case probeField:
+		v, err = c.field(p.idx)
+	case probeAgg:
+		v, err = c.agg(p.idx)
+	case probeAttr:
+		v = c.asset.Attrs[p.attr]
+	case probeFunc:
+		v, err = p.fn(c)
+	}
+	if err != nil {
+		return nil
+	}
+	return v
+}
