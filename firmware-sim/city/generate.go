@@ -278,3 +278,23 @@ func binDepth(capL float64) float64 {
 	}
 	return 125
 }
+
+// SetPortAddrs moves the Modbus ports to addrs (one per c.Ports, in order),
+// for example to ports the operating system chose; the assets' inventory
+// addresses follow.
+func (c *City) SetPortAddrs(addrs []string) error {
+	if len(addrs) != len(c.Ports) {
+		return fmt.Errorf("city has %d Modbus ports, got %d addresses", len(c.Ports), len(addrs))
+	}
+	m := make(map[string]string, len(addrs))
+	for i, old := range c.Ports {
+		m[old] = addrs[i]
+	}
+	for _, a := range c.Inventory.Assets {
+		if a.Modbus != nil {
+			a.Modbus.Host = m[a.Modbus.Host]
+		}
+	}
+	c.Ports = append([]string(nil), addrs...)
+	return nil
+}

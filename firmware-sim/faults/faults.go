@@ -287,8 +287,12 @@ func (s *Set) Validate(sp *Spec) error {
 		}
 	}
 	if sp.Kind == ModbusException {
-		if c, ok := params["code"].(float64); ok && (c < 1 || c > 255 || c != math.Trunc(c)) {
-			return fmt.Errorf("fault %s: code must be an exception code 1..255, got %v", sp.Kind, c)
+		if c, ok := params["code"].(float64); ok {
+			switch c {
+			case 1, 2, 3, 4, 5, 6, 8, 10, 11:
+			default:
+				return fmt.Errorf("fault %s: code must be a Modbus exception code (1-6, 8, 10, 11), got %v", sp.Kind, c)
+			}
 		}
 	}
 	if sp.Kind == MalformedPayload {

@@ -14,8 +14,8 @@ import (
 // Step is one entry of a scenario timeline: at a wall-clock offset from the
 // simulator's start, inject a fault into an asset for a while.
 //
-//	- {at: 2m, fault: lamp_out, asset: SL-001-03, for: 10m}
-//	- {at: 5m, fault: leakage, asset: CAB-002, params: {ma: 60}}
+//   - {at: 2m, fault: lamp_out, asset: SL-001-03, for: 10m}
+//   - {at: 5m, fault: leakage, asset: CAB-002, params: {ma: 60}}
 type Step struct {
 	At     yamlconf.Duration `yaml:"at"`
 	Fault  string            `yaml:"fault"`
