@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
+	"os"
 	"path"
 	"sort"
 	"strings"
@@ -406,46 +407,74 @@ func (c *Catalog) KindNames() []string {
 }
 
 // LoadCatalog reads every *.yaml / *.yml profile in the given directories of
-// fsys and builds the kind schemas. Later directories may not redefine a model.
-// All problems are reported together.
+// fsys and builds the kind schemas. A model may be defined once. All problems
+// are reported together.
 func LoadCatalog(fsys fs.FS, dirs ...string) (*Catalog, error) {
-	var errs yamlconf.Errors
-	var profiles []*Profile
-	models := map[string]string{}
+	var l profileLoader
 	for _, dir := range dirs {
-		entries, err := fs.ReadDir(fsys, dir)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("reading profile directory %s: %w", dir, err))
+		l.load(fsys, dir, dir)
+	}
+	return l.catalog()
+}
+
+// LoadCatalogDirs loads the built-in profiles and those in the given
+// operating-system directories, as one catalog (so that a site's own model
+// of a kind shares the kind's schema with the built-in ones).
+func LoadCatalogDirs(dirs ...string) (*Catalog, error) {
+	var l profileLoader
+	l.load(BuiltinProfiles(), ".", "devices/profiles (built in)")
+	for _, dir := range dirs {
+		l.load(os.DirFS(dir), ".", dir)
+	}
+	return l.catalog()
+}
+
+type profileLoader struct {
+	errs     yamlconf.Errors
+	profiles []*Profile
+	models   map[string]string
+}
+
+// load reads the profiles in dir of fsys, naming files under display.
+func (l *profileLoader) load(fsys fs.FS, dir, display string) {
+	if l.models == nil {
+		l.models = map[string]string{}
+	}
+	entries, err := fs.ReadDir(fsys, dir)
+	if err != nil {
+		l.errs = append(l.errs, fmt.Errorf("reading profile directory %s: %w", display, err))
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() || !(strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".yml")) {
 			continue
 		}
-		for _, e := range entries {
-			if e.IsDir() || !(strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".yml")) {
-				continue
-			}
-			file := path.Join(dir, e.Name())
-			data, err := fs.ReadFile(fsys, file)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("reading profile %s: %w", file, err))
-				continue
-			}
-			p, err := ParseProfile(file, data)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if prev, dup := models[p.Model]; dup {
-				errs = append(errs, &yamlconf.Error{File: file, Line: 1, Field: "model", Msg: fmt.Sprintf("model %q already defined in %s", p.Model, prev)})
-				continue
-			}
-			models[p.Model] = file
-			profiles = append(profiles, p)
+		name := path.Join(display, e.Name())
+		data, err := fs.ReadFile(fsys, path.Join(dir, e.Name()))
+		if err != nil {
+			l.errs = append(l.errs, fmt.Errorf("reading profile %s: %w", name, err))
+			continue
 		}
+		p, err := ParseProfile(name, data)
+		if err != nil {
+			l.errs = append(l.errs, err)
+			continue
+		}
+		if prev, dup := l.models[p.Model]; dup {
+			l.errs = append(l.errs, &yamlconf.Error{File: name, Line: 1, Field: "model", Msg: fmt.Sprintf("model %q already defined in %s", p.Model, prev)})
+			continue
+		}
+		l.models[p.Model] = name
+		l.profiles = append(l.profiles, p)
 	}
-	c, err := NewCatalog(profiles...)
+}
+
+func (l *profileLoader) catalog() (*Catalog, error) {
+	c, err := NewCatalog(l.profiles...)
 	if err != nil {
-		errs = append(errs, err)
+		l.errs = append(l.errs, err)
 	}
-	return c, errs.Err()
+	return c, l.errs.Err()
 }
 
 // NewCatalog builds a catalog from validated profiles, merging the fields of

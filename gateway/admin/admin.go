@@ -1,0 +1,136 @@
+// Package admin serves the gateway's admin HTTP endpoints: Prometheus
+// metrics, liveness and readiness probes, and a JSON status document. It
+// binds to loopback unless configured otherwise, and can require a bearer
+// token on everything but the probes.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Check is one readiness condition: nil means ready.
+type Check func() error
+
+// Server is the admin HTTP server.
+type Server struct {
+	mux    *http.ServeMux
+	token  string
+	checks map[string]Check
+	status func() any
+	log    *slog.Logger
+}
+
+// New returns a server exposing gatherer's metrics. token may be empty.
+func New(gatherer prometheus.Gatherer, token string, log *slog.Logger) *Server {
+	s := &Server{mux: http.NewServeMux(), token: token, checks: map[string]Check{}, log: log}
+	s.mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /status", s.auth(http.HandlerFunc(s.statusJSON)))
+	return s
+}
+
+// AddCheck registers a named readiness check.
+func (s *Server) AddCheck(name string, c Check) { s.checks[name] = c }
+
+// SetStatus sets the function producing the /status document.
+func (s *Server) SetStatus(f func() any) { s.status = f }
+
+// Handle adds a handler (token-protected) to the server's mux.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, s.auth(h)) }
+
+// Handler returns the server's handler, for tests.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) auth(h http.Handler) http.Handler {
+	if s.token == "" {
+		return h
+	}
+	want := []byte("Bearer " + s.token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="citygw"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	names := make([]string, 0, len(s.checks))
+	for n := range s.checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	ready := true
+	for _, n := range names {
+		if err := s.checks[n](); err != nil {
+			ready = false
+			fmt.Fprintf(&b, "%s: not ready: %v\n", n, err)
+		} else {
+			fmt.Fprintf(&b, "%s: ok\n", n)
+		}
+	}
+	if !ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	w.Write([]byte(b.String()))
+}
+
+func (s *Server) statusJSON(w http.ResponseWriter, _ *http.Request) {
+	var doc any = struct{}{}
+	if s.status != nil {
+		doc = s.status()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(doc); err != nil {
+		s.log.Warn("encoding status", "err", err)
+	}
+}
+
+// Serve listens on addr until ctx ends. The listening address is sent on
+// ready (useful with port 0) if ready is non-nil.
+func (s *Server) Serve(ctx context.Context, addr string, ready chan<- string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	if ready != nil {
+		ready <- l.Addr().String()
+	}
+	s.log.Info("admin listening", "addr", l.Addr().String(), "auth", s.token != "")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}

@@ -1,0 +1,333 @@
+// Package daemon assembles a running gateway from its configuration: it
+// loads and checks the deployment (config, profiles, inventory, rules), then
+// wires the sources (Modbus poller, MQTT subscriber) through the pipeline to
+// the InfluxDB writer and the rule engine, serves the admin endpoints, and
+// shuts everything down in order: sources first, then the rules, then the
+// writer's last flush.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/gateway/admin"
+	"github.com/citygw/citygw/gateway/config"
+	"github.com/citygw/citygw/gateway/influx"
+	"github.com/citygw/citygw/gateway/modbuspoll"
+	"github.com/citygw/citygw/gateway/mqttsub"
+	"github.com/citygw/citygw/gateway/pipeline"
+	"github.com/citygw/citygw/rules"
+)
+
+// Deployment is everything a gateway runs with, loaded and validated.
+type Deployment struct {
+	Config    *config.Config
+	Catalog   *devices.Catalog
+	Inventory *devices.Inventory
+	RuleFiles []string
+}
+
+// Load reads the configuration and everything it names, reporting every
+// problem found (file:line:col and field), not only the first.
+func Load(cfgFile string) (*Deployment, error) {
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		return nil, err
+	}
+	d := &Deployment{Config: cfg}
+	var errs []error
+	d.Catalog, err = devices.LoadCatalogDirs(cfg.Profiles...)
+	if err != nil {
+		return nil, err
+	}
+	d.Inventory, err = devices.LoadInventory(cfg.Inventory, d.Catalog)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if d.RuleFiles, err = cfg.RuleFiles(); err != nil {
+		errs = append(errs, err)
+	} else if len(d.RuleFiles) > 0 && d.Inventory != nil {
+		if err := rules.CheckWith(d.Catalog, d.Inventory, d.RuleFiles...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.Inventory != nil {
+		if n := len(d.assets(devices.MQTT)); n > 0 && cfg.MQTT == nil {
+			errs = append(errs, fmt.Errorf("%s: the inventory has %d MQTT assets but the config has no mqtt section", cfg.File, n))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return d, nil
+}
+
+func (d *Deployment) assets(t devices.Transport) []*devices.Asset {
+	var out []*devices.Asset
+	for _, a := range d.Inventory.Assets {
+		if a.Profile != nil && a.Profile.Transport == t {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Summary writes what the deployment contains, for `gateway check`.
+func (d *Deployment) Summary(w io.Writer) {
+	c := d.Config
+	fmt.Fprintf(w, "config     %s (gateway %s, time zone %s)\n", c.File, c.Gateway.ID, c.Gateway.Location)
+	fmt.Fprintf(w, "profiles   %d models, kinds: ", len(d.Catalog.Profiles))
+	for i, k := range d.Catalog.KindNames() {
+		if i > 0 {
+			fmt.Fprint(w, ", ")
+		}
+		fmt.Fprintf(w, "%s (%d fields)", k, len(d.Catalog.Kinds[k].Fields))
+	}
+	fmt.Fprintln(w)
+	byKind := map[string]int{}
+	endpoints := map[string]bool{}
+	for _, a := range d.Inventory.Assets {
+		byKind[a.Kind]++
+		if a.Modbus != nil {
+			endpoints[a.Modbus.Endpoint()] = true
+		}
+	}
+	kinds := make([]string, 0, len(byKind))
+	for k := range byKind {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	fmt.Fprintf(w, "inventory  %s: %d assets (", c.Inventory, d.Inventory.Len())
+	for i, k := range kinds {
+		if i > 0 {
+			fmt.Fprint(w, ", ")
+		}
+		fmt.Fprintf(w, "%d %s", byKind[k], k)
+	}
+	fmt.Fprintf(w, "); %d Modbus devices on %d endpoints, %d MQTT assets\n", len(d.assets(devices.Modbus)), len(endpoints), len(d.assets(devices.MQTT)))
+	fmt.Fprintf(w, "influxdb   %s bucket %s (token %s)\n", c.InfluxDB.URL, c.InfluxDB.Bucket, c.InfluxDB.Token)
+	if c.MQTT != nil {
+		fmt.Fprintf(w, "mqtt       %s as %s, %d subscriptions (password %s)\n", c.MQTT.Broker, c.MQTT.ClientID, len(c.MQTT.Subscriptions), c.MQTT.Password)
+	}
+	fmt.Fprintf(w, "rules      %d files\n", len(d.RuleFiles))
+	fmt.Fprintf(w, "admin      http://%s\n", c.Admin.Listen)
+}
+
+// NewLogger returns the logger the config asks for, writing to w.
+func NewLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch c.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// transitionLog is the rule engine's sink until a case client is
+// configured: it logs every episode transition.
+type transitionLog struct{ log *slog.Logger }
+
+func (t transitionLog) Transitions(_ context.Context, ts []rules.Transition) error {
+	for _, tr := range ts {
+		t.log.Info("episode", "rule", tr.Rule, "group", tr.GroupKey, "from", tr.From, "to", tr.To, "episode", tr.EpisodeID, "shadow", tr.Shadow)
+	}
+	return nil
+}
+
+// Gateway is a running gateway's parts, exposed for the status endpoint and tests.
+type Gateway struct {
+	d       *Deployment
+	reg     *prometheus.Registry
+	writer  *influx.Writer
+	engine  *rules.Engine
+	poller  *modbuspoll.Poller
+	sub     *mqttsub.Subscriber
+	started time.Time
+}
+
+// Run runs the gateway until ctx ends. reload, when it receives, makes the
+// rule engine reload its files (SIGHUP). ready, when non-nil, receives the
+// admin listener's address once it listens.
+func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan struct{}, ready chan<- string) error {
+	c := d.Config
+	g := &Gateway{d: d, reg: prometheus.NewRegistry(), started: time.Now()}
+	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "citygw_build_info", Help: "Gateway build and identity."}, []string{"version", "gateway"})
+	buildInfo.WithLabelValues(Version, c.Gateway.ID).Set(1)
+	g.reg.MustRegister(buildInfo)
+	if err := os.MkdirAll(c.Gateway.DataDir, 0o750); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+
+	wc, err := c.InfluxWriter()
+	if err != nil {
+		return err
+	}
+	if g.writer, err = influx.NewWriter(wc, g.reg, log.With("component", "influx")); err != nil {
+		return fmt.Errorf("starting the InfluxDB writer: %w", err)
+	}
+	defer g.writer.Close()
+	enc := influx.NewEncoder(c.Gateway.ID)
+	enc.Prepare(d.Inventory)
+
+	if len(d.RuleFiles) > 0 {
+		g.engine, err = rules.NewEngine(rules.Options{
+			Location:  c.Gateway.Location,
+			Sink:      transitionLog{log.With("component", "rules")},
+			StatePath: c.Gateway.DataDir + "/rules.db",
+		}, d.Catalog, d.Inventory, g.reg, log.With("component", "rules"))
+		if err != nil {
+			return fmt.Errorf("starting the rule engine: %w", err)
+		}
+		defer g.engine.Close()
+		if err := g.engine.Load(d.RuleFiles...); err != nil {
+			return fmt.Errorf("loading rules: %w", err)
+		}
+	}
+	var eval pipeline.Evaluator
+	if g.engine != nil {
+		eval = g.engine
+	}
+	pipe, err := pipeline.New(enc, g.writer, eval, g.reg)
+	if err != nil {
+		return err
+	}
+
+	if mb := d.assets(devices.Modbus); len(mb) > 0 {
+		if g.poller, err = modbuspoll.New(c.ModbusPoller(), mb, pipe, g.reg, log.With("component", "modbus")); err != nil {
+			return fmt.Errorf("starting the Modbus poller: %w", err)
+		}
+	}
+	if c.MQTT != nil {
+		mc, err := c.MQTTSubscriber()
+		if err != nil {
+			return err
+		}
+		if g.sub, err = mqttsub.New(mc, d.Inventory, pipe, g.reg, log.With("component", "mqtt")); err != nil {
+			return fmt.Errorf("starting the MQTT subscriber: %w", err)
+		}
+	}
+
+	token, err := c.Admin.Token.Resolve()
+	if err != nil {
+		return fmt.Errorf("admin token: %w", err)
+	}
+	adm := admin.New(g.reg, token, log.With("component", "admin"))
+	adm.AddCheck("influxdb", func() error {
+		if !g.writer.Healthy() {
+			return errors.New("last write or ping failed")
+		}
+		return nil
+	})
+	if g.sub != nil {
+		adm.AddCheck("mqtt", func() error {
+			if !g.sub.Connected() {
+				return errors.New("not connected to the broker")
+			}
+			return nil
+		})
+	}
+	adm.SetStatus(g.Status)
+
+	// Sources stop with ctx; the rules and the writer keep running until the
+	// sources have returned, so nothing accepted is left unwritten.
+	writerCtx, stopWriter := context.WithCancel(context.Background())
+	defer stopWriter()
+	back := &errgroup.Group{}
+	back.Go(func() error { return g.writer.Run(writerCtx) })
+	if g.engine != nil {
+		back.Go(func() error { return g.engine.Run(writerCtx) })
+		back.Go(func() error {
+			for {
+				select {
+				case <-writerCtx.Done():
+					return nil
+				case <-reload:
+					if err := g.engine.Reload(); err != nil {
+						log.Error("rule reload failed; the previous rules keep running", "err", err)
+					} else {
+						log.Info("rules reloaded")
+					}
+				}
+			}
+		})
+	}
+	src, sctx := errgroup.WithContext(ctx)
+	src.Go(func() error { return adm.Serve(sctx, c.Admin.Listen, ready) })
+	if g.poller != nil {
+		src.Go(func() error { return g.poller.Run(sctx) })
+	}
+	if g.sub != nil {
+		src.Go(func() error { return g.sub.Run(sctx) })
+	}
+	log.Info("gateway running", "gateway", c.Gateway.ID, "assets", d.Inventory.Len(),
+		"modbus_devices", len(d.assets(devices.Modbus)), "mqtt", c.MQTT != nil, "rules", len(d.RuleFiles))
+	srcErr := src.Wait()
+	log.Info("sources stopped; flushing telemetry")
+	stopWriter()
+	if err := back.Wait(); err != nil && srcErr == nil {
+		srcErr = err
+	}
+	if errors.Is(srcErr, context.Canceled) {
+		srcErr = nil
+	}
+	return srcErr
+}
+
+// Status is the /status document.
+type Status struct {
+	Gateway   string                    `json:"gateway"`
+	Version   string                    `json:"version"`
+	Started   time.Time                 `json:"started"`
+	Assets    int                       `json:"assets"`
+	InfluxDB  influx.Stats              `json:"influxdb"`
+	InfluxUp  bool                      `json:"influxdb_up"`
+	MQTT      *mqttsub.Status           `json:"mqtt,omitempty"`
+	Modbus    []modbuspoll.DeviceStatus `json:"modbus,omitempty"`
+	Episodes  []rules.Episode           `json:"episodes,omitempty"`
+	DevicesUp int                       `json:"modbus_devices_up"`
+}
+
+// Status returns the gateway's current status.
+func (g *Gateway) Status() any {
+	s := Status{Gateway: g.d.Config.Gateway.ID, Version: Version, Started: g.started, Assets: g.d.Inventory.Len(),
+		InfluxDB: g.writer.Stats(), InfluxUp: g.writer.Healthy()}
+	if g.sub != nil {
+		st := g.sub.Status()
+		s.MQTT = &st
+	}
+	if g.poller != nil {
+		s.Modbus = g.poller.Status()
+		for _, d := range s.Modbus {
+			if d.Up {
+				s.DevicesUp++
+			}
+		}
+	}
+	if g.engine != nil {
+		s.Episodes = g.engine.Episodes()
+	}
+	return s
+}
+
+// Version is set at build time with -ldflags "-X github.com/citygw/citygw/gateway/daemon.Version=…".
+var Version = "dev"
