@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"sort"
 	"strings"
@@ -95,16 +96,13 @@ func (cr *compiledRule) need(key string) int {
 	if g == nil {
 		return 1
 	}
-	if g.AtLeast > 0 {
-		return g.AtLeast
-	}
-	size := 1
-	if cr.groups != nil {
-		size = cr.groups.size[key]
-	}
-	n := int(g.Percent*float64(size)/100 + 0.999999)
-	if n < 1 {
-		n = 1
+	n := max(g.AtLeast, 1)
+	if g.Percent > 0 {
+		size := 1
+		if cr.groups != nil {
+			size = cr.groups.size[key]
+		}
+		n = max(n, int(math.Ceil(g.Percent*float64(size)/100-1e-9)))
 	}
 	return n
 }
@@ -291,8 +289,8 @@ func (c *compiler) compileRule(pf *parsedFile, at string, spec *RuleSpec) *compi
 		}
 	}
 	if g := spec.Group; g != nil {
-		if (g.AtLeast > 0) == (g.Percent > 0) {
-			add("group", "give exactly one of at_least (> 0) or percent (0 < p <= 100)")
+		if g.AtLeast <= 0 && g.Percent <= 0 {
+			add("group", "give at_least (> 0), percent (0 < p <= 100) or both (both must hold)")
 		}
 		if g.AtLeast < 0 || g.Percent < 0 || g.Percent > 100 {
 			add("group", "at_least must be positive and percent within 0..100")

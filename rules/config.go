@@ -44,8 +44,9 @@ type RuleSpec struct {
 }
 
 // GroupSpec makes a group rule: the group's condition holds when at least
-// AtLeast of its assets (or Percent % of them) meet the per-asset condition.
-// Without it a grouped rule holds when any asset of the group does.
+// AtLeast of its assets and at least Percent % of them (either may be left
+// out) meet the per-asset condition. Without it a grouped rule holds when
+// any asset of the group does.
 type GroupSpec struct {
 	AtLeast int     `yaml:"at_least,omitempty"`
 	Percent float64 `yaml:"percent,omitempty"`

@@ -73,7 +73,33 @@ type ruleSet struct {
 	files []string
 	kinds map[string]*kindSet
 	rules []*compiledRule // sorted by id
+	order []*compiledRule // inhibiting rules before the rules they inhibit
 	byID  map[string]*compiledRule
+}
+
+// inhibitDepth is how many inhibiting rules stand above cr (cycles cut).
+func inhibitDepth(cr *compiledRule, seen map[*compiledRule]bool) int {
+	if seen[cr] {
+		return 0
+	}
+	seen[cr] = true
+	d := 0
+	for _, src := range cr.inhibitedBy {
+		d = max(d, 1+inhibitDepth(src, seen))
+	}
+	delete(seen, cr)
+	return d
+}
+
+// orderByInhibition sorts rules so that a rule is evaluated after the rules
+// that may inhibit it: when both change state at one instant, the
+// inhibitor is firing by the time its target would be notified.
+func orderByInhibition(rs []*compiledRule) {
+	depth := map[*compiledRule]int{}
+	for _, cr := range rs {
+		depth[cr] = inhibitDepth(cr, map[*compiledRule]bool{})
+	}
+	sort.SliceStable(rs, func(i, j int) bool { return depth[rs[i]] < depth[rs[j]] })
 }
 
 // assetState is what the engine keeps per asset: the last two readings'
@@ -315,6 +341,13 @@ func compileFiles(cat *devices.Catalog, inv *devices.Inventory, files []string) 
 		return nil, err
 	}
 	sort.Slice(set.rules, func(i, j int) bool { return set.rules[i].id() < set.rules[j].id() })
+	set.order = append([]*compiledRule(nil), set.rules...)
+	orderByInhibition(set.order)
+	for _, ks := range c.kinds {
+		orderByInhibition(ks.rules)
+		orderByInhibition(ks.absence)
+		orderByInhibition(ks.ageRules)
+	}
 	set.kinds = c.kinds
 	return set, nil
 }
@@ -749,6 +782,7 @@ func (e *Engine) transition(cr *compiledRule, s *series, from, to State, now tim
 	if t.Description, err = render(cr.desc, td); err != nil {
 		t.Description = cr.spec.Case.Description
 	}
+	s.title, s.desc = t.Title, t.Description
 	return t
 }
 
@@ -826,13 +860,17 @@ func (e *Engine) Tick(ctx context.Context, now time.Time) {
 		}
 	}
 	counts := [3]int{}
-	for _, cr := range set.rules {
+	for _, cr := range set.order {
 		rs := cr.st
 		rs.mu.Lock()
 		for key, s := range rs.series {
 			e.advance(cr, s, len(s.members) >= cr.need(key), now, nil, &c.out)
-			if s.state != Inactive && s.state != s.notified {
-				e.notify(cr, s, now, "unmuted", &c.out)
+			if s.state != Inactive {
+				if s.state != s.notified {
+					e.notify(cr, s, now, "unmuted", &c.out)
+				} else {
+					s.muted = e.muteReason(cr, s, now)
+				}
 			}
 			if s.state == Inactive && len(s.members) == 0 {
 				delete(rs.series, key)
@@ -871,7 +909,8 @@ func (e *Engine) Episodes() []Episode {
 			}
 			out = append(out, Episode{ID: s.id, Rule: cr.id(), Kind: cr.kind, GroupKey: s.key, GroupLabels: s.labels,
 				Assets: s.memberIDs(e.inv), State: s.state, Start: s.activeAt, FiredAt: s.firedAt,
-				Severity: cr.spec.Severity, Shadow: cr.spec.Shadow, Muted: s.muted, Notified: s.notified, Values: s.values})
+				Severity: cr.spec.Severity, Shadow: cr.spec.Shadow, Muted: s.muted, Notified: s.notified, Values: s.values,
+				Title: s.title, Description: s.desc})
 		}
 		cr.st.mu.Unlock()
 	}

@@ -89,6 +89,8 @@ type Episode struct {
 	Muted       string            `json:"muted,omitempty"` // silence or inhibiting episode
 	Notified    State             `json:"notified"`        // what the sink has been told
 	Values      map[string]any    `json:"values,omitempty"`
+	Title       string            `json:"title,omitempty"`
+	Description string            `json:"description,omitempty"`
 }
 
 // series is the state of one rule for one group key.
@@ -105,6 +107,8 @@ type series struct {
 	id         string
 	values     map[string]any
 	muted      string
+	title      string
+	desc       string
 }
 
 // ruleState is a rule's series; it moves to the new compiled rule on a
