@@ -1,0 +1,50 @@
+# citygw — the two commands that matter:
+#   make demo   set up (installs Mosquitto, builds InfluxDB 1.8.10 if missing) and run the demo city
+#   make test   install test tools if missing, vet, and run every test with -race
+GO      ?= go
+TIMEOUT ?= 25m
+PKGS    ?= ./...
+
+.PHONY: all build tools test vet e2e bench fuzz demo clean
+
+all: build
+
+build:
+	mkdir -p bin
+	$(GO) build -o bin/ ./gateway/cmd/gateway ./firmware-sim/cmd/firmware-sim ./rules/cmd/rules
+
+tools:
+	bash scripts/tools.sh
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# All tests, unit and integration (real Mosquitto, InfluxDB, firmware-sim,
+# gateway processes), with the race detector.
+test: tools vet
+	$(GO) test -race -timeout $(TIMEOUT) $(PKGS)
+	$(GO) run ./rules/cmd/rules check configs/rules/*.yaml
+	$(GO) run ./rules/cmd/rules test configs/rules/tests/*.yaml
+
+# The end-to-end test alone: simulated city -> gateway -> InfluxDB.
+e2e: tools
+	$(GO) test -race -count=1 -v -timeout 15m -run TestEndToEnd ./gateway/e2e
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./devices ./gateway/influx ./gateway/modbuspoll ./gateway/mqttsub ./rules
+
+# Each fuzz target briefly (FUZZTIME each); the seed corpora also run in `make test`.
+FUZZTIME ?= 10s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+demo:
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin data

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what citygw's demo and tests run against, if missing:
+#   - Mosquitto (broker + clients), mbpoll (Modbus client) and python3-pymodbus
+#     (Modbus server) from Debian's apt;
+#   - InfluxDB 1.8.10 built from its Go module into $CITYGW_TOOLS
+#     (default ~/.cache/citygw/bin), about a minute, cached afterwards.
+# Safe to run again: it only installs what is not there.
+set -euo pipefail
+TOOLS="${CITYGW_TOOLS:-$HOME/.cache/citygw/bin}"
+mkdir -p "$TOOLS"
+
+step() { printf '\033[1m[tools]\033[0m %s\n' "$*"; }
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v mbpoll >/dev/null 2>&1 || need_apt+=(mbpoll)
+/usr/bin/python3 -c 'import pymodbus' >/dev/null 2>&1 || need_apt+=(python3-pymodbus)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  step "apt-get install ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+else
+  step "mosquitto, mbpoll, pymodbus: present"
+fi
+
+# go install leaves no version in the binary ("vunknown"): a stamp file records it.
+if [ -x "$TOOLS/influxd" ] && grep -qx 'v1.8.10' "$TOOLS/influxd.version" 2>/dev/null; then
+  step "influxd 1.8.10: present in $TOOLS"
+else
+  step "building influxd 1.8.10 from its Go module into $TOOLS (about a minute, once)"
+  GOBIN="$TOOLS" GOFLAGS=-buildvcs=false go install github.com/influxdata/influxdb/cmd/influxd@v1.8.10
+  echo v1.8.10 > "$TOOLS/influxd.version"
+fi
+step "ready: $(command -v mosquitto || echo /usr/sbin/mosquitto), $TOOLS/influxd"
