@@ -241,6 +241,12 @@ func (s *testServer) serve(t testing.TB, id uint8, p *devices.Profile, vals []de
 	u := s.unit(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return encodeUnit(t, u, p, vals)
+}
+
+// encodeUnit writes vals into u's tables (see serve).
+func encodeUnit(t testing.TB, u *unitState, p *devices.Profile, vals []devices.Value) []devices.Value {
+	t.Helper()
 	want := make([]devices.Value, len(p.Fields))
 	for i := range p.Fields {
 		f, v := &p.Fields[i], vals[i]
