@@ -411,3 +411,52 @@ func TestSharedMetrics(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestEndpointsIndependent: a device that answers slowly (each poll takes
+// 0.5s of its endpoint's time) does not slow a device on another endpoint.
+func TestEndpointsIndependent(t *testing.T) {
+	cat := builtin(t)
+	slow, fast := newTestServer(t), newTestServer(t)
+	p := cat.Profile("gasreg-rtu500")
+	slow.serve(t, 1, p, sampleValues(t, p, 1, time.Now()))
+	slow.set(1, func(u *unitState) { u.delay = 250 * time.Millisecond })
+	fast.serve(t, 1, p, sampleValues(t, p, 2, time.Now()))
+	c := newCollector()
+	r := startPoller(t, Config{}, []*devices.Asset{
+		tcpAsset(t, cat, "slow", p.Model, slow.addr, 1, 100*time.Millisecond, 2*time.Second),
+		tcpAsset(t, cat, "fast", p.Model, fast.addr, 1, 100*time.Millisecond, 2*time.Second),
+	}, c)
+	time.Sleep(3 * time.Second)
+	nSlow, nFast := c.count("slow"), c.count("fast")
+	r.stop()
+	// The slow device manages at most 3s/0.5s = 6 polls; the fast one
+	// would manage 30 at its interval: accept half of that.
+	if nSlow > 7 || nFast < 15 {
+		t.Errorf("in 3s: slow device %d readings (want <= 7), fast device %d (want >= 15)", nSlow, nFast)
+	}
+}
+
+// TestQuirks: close_after_poll opens a connection per poll; the pauses are
+// taken and the readings are still right.
+func TestQuirks(t *testing.T) {
+	cat := builtin(t)
+	p := cat.Profile("citylight-slc200")
+	for _, closeAfter := range []bool{false, true} {
+		s := newTestServer(t)
+		want := s.serve(t, 1, p, sampleValues(t, p, 1, time.Now()))
+		c := newCollector()
+		cfg := Config{CloseAfterPoll: closeAfter, PauseAfterConnect: 10 * time.Millisecond, PauseBetweenRequests: 5 * time.Millisecond}
+		r := startPoller(t, cfg, []*devices.Asset{tcpAsset(t, cat, "q", p.Model, s.addr, 1, 50*time.Millisecond, time.Second)}, c)
+		waitFor(t, 10*time.Second, "5 readings", func() bool { return c.count("q") >= 5 })
+		r.stop()
+		got, _ := c.last("q")
+		checkReading(t, got, p, want)
+		polls, conns := c.count("q"), s.connections(1)
+		if closeAfter && conns != polls {
+			t.Errorf("close_after_poll: %d connections for %d polls, want one each", conns, polls)
+		}
+		if !closeAfter && conns != 1 {
+			t.Errorf("%d connections for %d polls, want 1", conns, polls)
+		}
+	}
+}

@@ -22,6 +22,7 @@ type unitState struct {
 	coils, discrete [256]bool
 	holding, input  [256]uint16
 	requests        int                    // requests received
+	clients         map[string]bool        // client addresses seen: one per connection
 	silent          bool                   // never reply (the server drops the link after a while)
 	delay           time.Duration          // reply this late
 	refuse          map[devices.Table]bool // answer reads of these tables with an exception
@@ -91,6 +92,13 @@ func (s *testServer) set(id uint8, f func(u *unitState)) {
 	f(u)
 }
 
+func (s *testServer) connections(id uint8) int {
+	u := s.unit(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(u.clients)
+}
+
 func (s *testServer) requests(id uint8) int {
 	u := s.unit(id)
 	s.mu.Lock()
@@ -100,7 +108,7 @@ func (s *testServer) requests(id uint8) int {
 
 // begin counts a request to unit id and applies its behaviour. It returns
 // the unit, locked, or an error to answer with.
-func (s *testServer) begin(id uint8, table devices.Table) (*unitState, error) {
+func (s *testServer) begin(id uint8, table devices.Table, client string) (*unitState, error) {
 	s.mu.Lock()
 	u := s.units[id]
 	if u == nil {
@@ -108,6 +116,10 @@ func (s *testServer) begin(id uint8, table devices.Table) (*unitState, error) {
 		return nil, mbserver.ErrGWTargetFailedToRespond
 	}
 	u.requests++
+	if u.clients == nil {
+		u.clients = map[string]bool{}
+	}
+	u.clients[client] = true
 	silent, delay, refuse := u.silent, u.delay, u.refuse[table]
 	s.mu.Unlock()
 	if silent {
@@ -144,7 +156,7 @@ func (s *testServer) HandleCoils(req *mbserver.CoilsRequest) ([]bool, error) {
 	if req.IsWrite {
 		return nil, mbserver.ErrIllegalFunction
 	}
-	u, err := s.begin(req.UnitId, devices.Coil)
+	u, err := s.begin(req.UnitId, devices.Coil, req.ClientAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +165,7 @@ func (s *testServer) HandleCoils(req *mbserver.CoilsRequest) ([]bool, error) {
 }
 
 func (s *testServer) HandleDiscreteInputs(req *mbserver.DiscreteInputsRequest) ([]bool, error) {
-	u, err := s.begin(req.UnitId, devices.Discrete)
+	u, err := s.begin(req.UnitId, devices.Discrete, req.ClientAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +177,7 @@ func (s *testServer) HandleHoldingRegisters(req *mbserver.HoldingRegistersReques
 	if req.IsWrite {
 		return nil, mbserver.ErrIllegalFunction
 	}
-	u, err := s.begin(req.UnitId, devices.Holding)
+	u, err := s.begin(req.UnitId, devices.Holding, req.ClientAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +186,7 @@ func (s *testServer) HandleHoldingRegisters(req *mbserver.HoldingRegistersReques
 }
 
 func (s *testServer) HandleInputRegisters(req *mbserver.InputRegistersRequest) ([]uint16, error) {
-	u, err := s.begin(req.UnitId, devices.Input)
+	u, err := s.begin(req.UnitId, devices.Input, req.ClientAddr)
 	if err != nil {
 		return nil, err
 	}
