@@ -1,12 +1,15 @@
 package modbuspoll
 
 import (
+	"context"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/citygw/citygw/devices"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // responses returns, for each request of d's plan, the response payload a
@@ -107,5 +110,58 @@ func TestDecodePollAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("decoding a poll allocates %v times, want 0", allocs)
+	}
+}
+
+// recordLog keeps the records logged through it.
+type recordLog struct {
+	mu   *sync.Mutex
+	recs *[]slog.Record
+}
+
+func (h recordLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h recordLog) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	*h.recs = append(*h.recs, r)
+	h.mu.Unlock()
+	return nil
+}
+func (h recordLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h recordLog) WithGroup(string) slog.Handler      { return h }
+
+// TestDecodeErrorsRateLimited: a device sending an undecodable field every
+// second for 100 s is counted 100 times but logged twice (at 0 s and 60 s),
+// the second line carrying the number suppressed, the asset, unit and register.
+func TestDecodeErrorsRateLimited(t *testing.T) {
+	d, resp, _ := benchDevice(t, "citylight-slc200")
+	f := d.prof.Field("fault")
+	for i, r := range d.reqs {
+		if r.Table == devices.Input {
+			off := 2 * int(f.Address-r.Start)
+			resp[i][off], resp[i][off+1] = 0, 99 // not in the enum
+		}
+	}
+	var recs []slog.Record
+	log := slog.New(recordLog{&sync.Mutex{}, &recs})
+	t0 := time.Unix(1_800_000_000, 0)
+	for s := range 100 {
+		d.reading.Reset(d.asset)
+		for i := range d.reqs {
+			d.decode(i, resp[i], t0.Add(time.Duration(s)*time.Second), log)
+		}
+		if d.reading.Values[f.Index].Valid() || d.reading.NumValid() != len(d.prof.Fields)-1 {
+			t.Fatalf("poll %d: fault %v, %d valid fields; want all but fault", s, d.reading.Values[f.Index], d.reading.NumValid())
+		}
+	}
+	if n := testutil.ToFloat64(d.decErrs); n != 100 {
+		t.Errorf("decode errors counted %v, want 100", n)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("%d log lines, want 2", len(recs))
+	}
+	attrs := map[string]string{}
+	recs[1].Attrs(func(a slog.Attr) bool { attrs[a.Key] = a.Value.String(); return true })
+	if attrs["suppressed"] != "59" || attrs["asset"] != "bench" || attrs["unit"] != "1" || attrs["register"] != "9" || attrs["table"] != "input" {
+		t.Errorf("second line %q %v", recs[1].Message, attrs)
 	}
 }

@@ -56,6 +56,7 @@ type endpoint struct {
 	devs []*device
 
 	link      link
+	line      string // serial line settings, for conflict checks
 	client    modbus.Client
 	connected bool
 	served    int // requests answered on the current connection
@@ -85,6 +86,7 @@ func (e *endpoint) init(a *devices.ModbusAddr) error {
 		h.IdleTimeout = 0 // the poller decides when to close
 		h.Timeout = e.cfg.DefaultTimeout
 		e.link = rtuLink{h}
+		e.line = fmt.Sprintf("%d baud %d%s%d", h.BaudRate, h.DataBits, h.Parity, h.StopBits)
 	} else {
 		if _, _, err := net.SplitHostPort(a.Host); err != nil {
 			return fmt.Errorf("modbus endpoint %s: %w", e.name, err)
@@ -103,12 +105,33 @@ func (e *endpoint) init(a *devices.ModbusAddr) error {
 	return nil
 }
 
+// lineOf returns the serial settings asset address a asks for on e's line.
+func (e *endpoint) lineOf(a *devices.ModbusAddr) string {
+	s := e.cfg.RTU
+	if a.Baud > 0 {
+		s.Baud = a.Baud
+	}
+	if a.DataBits > 0 {
+		s.DataBits = a.DataBits
+	}
+	if a.Parity != "" {
+		s.Parity = a.Parity
+	}
+	if a.StopBits > 0 {
+		s.StopBits = a.StopBits
+	}
+	return fmt.Sprintf("%d baud %d%s%d", s.Baud, s.DataBits, s.Parity, s.StopBits)
+}
+
 // run polls the endpoint's devices until ctx is done.
 func (e *endpoint) run(ctx context.Context) {
 	defer e.close()
 	now := time.Now()
 	for _, d := range e.devs {
 		d.next = now
+		d.mu.Lock()
+		d.nextPub = now
+		d.mu.Unlock()
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()

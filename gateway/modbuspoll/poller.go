@@ -3,6 +3,7 @@ package modbuspoll
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -23,15 +24,15 @@ type Handler interface {
 
 // DeviceStatus is a device's polling state, for the status page.
 type DeviceStatus struct {
-	Asset           string
-	Endpoint        string
-	Unit            uint8
-	Up              bool
-	LastOK          time.Time // last poll with at least one answered request
-	LastError       string    // the last failure, kept after recovery
-	Failures        int       // consecutive failed polls
-	RequestsPerPoll int       // requests one full poll issues (the plan)
-	NextPoll        time.Time
+	Asset           string    `json:"asset"`
+	Endpoint        string    `json:"endpoint"`
+	Unit            uint8     `json:"unit"`
+	Up              bool      `json:"up"`
+	LastOK          time.Time `json:"last_ok"`           // last poll with at least one answered request
+	LastError       string    `json:"last_error"`        // the last failure, kept after recovery
+	Failures        int       `json:"failures"`          // consecutive failed polls
+	RequestsPerPoll int       `json:"requests_per_poll"` // requests one full poll issues (the plan)
+	NextPoll        time.Time `json:"next_poll"`
 }
 
 // Poller polls a set of Modbus devices.
@@ -84,6 +85,9 @@ func New(cfg Config, assets []*devices.Asset, h Handler, reg prometheus.Register
 			}
 			byEndpoint[name] = e
 			p.endpoints = append(p.endpoints, e)
+		} else if a.Modbus.Serial != "" && e.lineOf(a.Modbus) != e.line {
+			return nil, fmt.Errorf("asset %s: serial line %s is %s for asset %s, this asset asks for %s",
+				a.ID, a.Modbus.Serial, e.line, e.devs[0].asset.ID, e.lineOf(a.Modbus))
 		}
 		d.endpoint = name
 		e.devs = append(e.devs, d)

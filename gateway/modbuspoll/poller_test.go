@@ -375,6 +375,11 @@ func TestNewRejects(t *testing.T) {
 	a := func() *devices.Asset {
 		return tcpAsset(t, cat, "x", "gasreg-rtu500", "127.0.0.1:1", 1, 0, 0)
 	}
+	serial := func(id string, unit uint8, baud int) *devices.Asset {
+		a := tcpAsset(t, cat, id, "gasreg-rtu500", "", unit, 0, 0)
+		a.Modbus.Serial, a.Modbus.Baud = "/dev/ttyX", baud
+		return a
+	}
 	mqtt := &devices.Asset{ID: "bin", Model: "binsense-ws3", Profile: cat.Profile("binsense-ws3"), Schema: cat.Kinds["waste_bin"], Modbus: &devices.ModbusAddr{Host: "127.0.0.1:1", Unit: 1}}
 	tests := []struct {
 		name   string
@@ -386,6 +391,7 @@ func TestNewRejects(t *testing.T) {
 		{"backoff inverted", Config{BackoffMin: time.Minute, BackoffMax: time.Second}, []*devices.Asset{a()}, "backoff max"},
 		{"bad parity", Config{RTU: SerialDefaults{Parity: "X"}}, []*devices.Asset{a()}, "parity"},
 		{"MQTT profile with a Modbus address", Config{}, []*devices.Asset{mqtt}, "not a Modbus profile"},
+		{"two baud rates on one serial line", Config{}, []*devices.Asset{serial("s1", 1, 9600), serial("s2", 2, 19200)}, "serial line /dev/ttyX is 9600 baud 8N1 for asset s1, this asset asks for 19200 baud 8N1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
