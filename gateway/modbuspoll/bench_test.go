@@ -165,3 +165,40 @@ func TestDecodeErrorsRateLimited(t *testing.T) {
 		t.Errorf("second line %q %v", recs[1].Message, attrs)
 	}
 }
+
+// TestShortResponse: a device that answers with fewer registers than asked
+// (it happens) yields the fields the response does cover; the rest are
+// counted as decode errors.
+func TestShortResponse(t *testing.T) {
+	d, resp, want := benchDevice(t, "citylight-slc200")
+	log := slog.New(slog.DiscardHandler)
+	var short int
+	for i, r := range d.reqs {
+		if r.Table == devices.Input {
+			resp[i] = resp[i][:2*5] // registers 0..4 of 0..21
+			short = i
+		}
+	}
+	d.reading.Reset(d.asset)
+	for i := range d.reqs {
+		d.decode(i, resp[i], time.Now(), log)
+	}
+	missing := 0
+	for _, fi := range d.reqs[short].Fields {
+		f := &d.prof.Fields[fi]
+		v := d.reading.Values[f.Index]
+		covered := int(f.Address)+f.Registers <= 5
+		switch {
+		case covered && !v.Equal(want[fi]):
+			t.Errorf("%s = %v, want %v", f.Name, v, want[fi])
+		case !covered && v.Valid():
+			t.Errorf("%s = %v from a response that does not cover it", f.Name, v)
+		case !covered:
+			missing++
+		}
+	}
+	// voltage 0, current 1, power 2 are covered; energy 3..4 too; the other 7 are not.
+	if missing != 7 || testutil.ToFloat64(d.decErrs) != 7 {
+		t.Errorf("%d fields missing, %v decode errors; want 7 and 7", missing, testutil.ToFloat64(d.decErrs))
+	}
+}

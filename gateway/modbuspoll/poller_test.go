@@ -213,10 +213,11 @@ func TestDeadUnitBacksOff(t *testing.T) {
 	r.stop()
 
 	// At 100ms the neighbour would be read 40 times; the dead unit's
-	// timeouts (one per backoff period: 0.4-0.6s, then 0.8-1.2s) cost it a
-	// few. Accept half.
-	if alive < 20 {
-		t.Errorf("the live unit was read %d times in %v at 100ms, want >= 20", alive, run)
+	// timeouts (one per backoff period: 0.4-0.6s, then 0.8-1.2s, about 4
+	// in all) cost it about 12. Accept a third of 40, for loaded machines;
+	// without backoff it would get about 10.
+	if alive < 14 {
+		t.Errorf("the live unit was read %d times in %v at 100ms, want >= 14", alive, run)
 	}
 	got, _ := c.last("alive")
 	checkReading(t, got, p, want)
@@ -436,9 +437,10 @@ func TestEndpointsIndependent(t *testing.T) {
 	nSlow, nFast := c.count("slow"), c.count("fast")
 	r.stop()
 	// The slow device manages at most 3s/0.5s = 6 polls; the fast one
-	// would manage 30 at its interval: accept half of that.
-	if nSlow > 7 || nFast < 15 {
-		t.Errorf("in 3s: slow device %d readings (want <= 7), fast device %d (want >= 15)", nSlow, nFast)
+	// would manage 30 at its interval, and 6 if it waited for the slow one:
+	// accept a third of 30.
+	if nSlow > 7 || nFast < 10 {
+		t.Errorf("in 3s: slow device %d readings (want <= 7), fast device %d (want >= 10)", nSlow, nFast)
 	}
 }
 
