@@ -204,13 +204,15 @@ func TestDeadUnitBacksOff(t *testing.T) {
 	r := startPoller(t, cfg, assets, c)
 	const run = 4 * time.Second
 	time.Sleep(run)
-	alive, deadReqs := c.count("alive"), s.requests(2)
+	alive := c.count("alive")
 	stAlive, stDead := r.status("alive"), r.status("dead")
 	upAlive := testutil.ToFloat64(r.p.m.deviceUp.WithLabelValues("alive"))
 	upDead := testutil.ToFloat64(r.p.m.deviceUp.WithLabelValues("dead"))
 	devicesUp := testutil.ToFloat64(r.p.m.devicesUp)
-	timeouts := r.requests(t, "tcp:"+s.addr, resultTimeout)
 	r.stop()
+	// After Run returned no request is in flight: the server's count and
+	// the poller's agree.
+	deadReqs, timeouts := s.requests(2), r.requests(t, "tcp:"+s.addr, resultTimeout)
 
 	// At 100ms the neighbour would be read 40 times; the dead unit's
 	// timeouts (one per backoff period: 0.4-0.6s, then 0.8-1.2s, about 4
