@@ -22,7 +22,9 @@ func testAsset(kind, id string, attrs map[string]any, fields ...devices.SchemaFi
 var t0 = time.Date(2026, 11, 26, 4, 0, 0, 123456789, time.UTC)
 
 func TestAppendLines(t *testing.T) {
-	sf := func(name string, typ devices.Type) devices.SchemaField { return devices.SchemaField{Name: name, Type: typ} }
+	sf := func(name string, typ devices.Type) devices.SchemaField {
+		return devices.SchemaField{Name: name, Type: typ}
+	}
 	plain := testAsset("streetlight", "lamp-1", map[string]any{"circuit": "C1"},
 		sf("relay_on", devices.Bool), sf("lamp_hours", devices.Int), sf("current_a", devices.Float), sf("fault", devices.String))
 	tests := []struct {
@@ -51,22 +53,22 @@ func TestAppendLines(t *testing.T) {
 			want: `k,asset=a,district=110101,gateway=gw,grid=1101010010 b=false,i=-9223372036854775808i,f=3,g=1e+21,h=-2.5e-07 5` + "\n",
 		},
 		{
-			name:   "invalid, NaN and Inf fields are left out",
-			asset:  plain, gw: "gw",
+			name:  "invalid, NaN and Inf fields are left out",
+			asset: plain, gw: "gw",
 			values: []devices.Value{{}, devices.IntValue(7), devices.FloatValue(math.NaN()), devices.StringValue("")},
 			time:   time.Unix(1, 0),
 			want:   `streetlight,asset=lamp-1,circuit=C1,district=110101,gateway=gw,grid=1101010010 lamp_hours=7i,fault="" 1000000000` + "\n",
 		},
 		{
-			name:   "no valid field: nothing",
-			asset:  plain, gw: "gw",
+			name:  "no valid field: nothing",
+			asset: plain, gw: "gw",
 			values: []devices.Value{{}, {}, devices.FloatValue(math.Inf(-1)), {}},
 			time:   t0,
 			want:   "",
 		},
 		{
-			name:   "string escapes: quote and backslash; newline kept",
-			asset:  plain, gw: "gw",
+			name:  "string escapes: quote and backslash; newline kept",
+			asset: plain, gw: "gw",
 			values: []devices.Value{{}, {}, {}, devices.StringValue("say \"hi\"\\now\nnext")},
 			time:   time.Unix(0, 1),
 			want:   `streetlight,asset=lamp-1,circuit=C1,district=110101,gateway=gw,grid=1101010010 fault="say \"hi\"\\now` + "\n" + `next" 1` + "\n",
@@ -97,15 +99,15 @@ func TestAppendLines(t *testing.T) {
 			want:   `k,asset=a,circuit=3 f=1i 1` + "\n",
 		},
 		{
-			name:   "zero time falls back to the receive time",
-			asset:  plain, gw: "gw",
+			name:  "zero time falls back to the receive time",
+			asset: plain, gw: "gw",
 			values: []devices.Value{devices.BoolValue(true)},
 			recv:   time.Unix(2, 0),
 			want:   `streetlight,asset=lamp-1,circuit=C1,district=110101,gateway=gw,grid=1101010010 relay_on=true 2000000000` + "\n",
 		},
 		{
-			name:   "no time at all: the server's",
-			asset:  plain, gw: "gw",
+			name:  "no time at all: the server's",
+			asset: plain, gw: "gw",
 			values: []devices.Value{devices.BoolValue(true)},
 			want:   `streetlight,asset=lamp-1,circuit=C1,district=110101,gateway=gw,grid=1101010010 relay_on=true` + "\n",
 		},
@@ -257,7 +259,9 @@ func FuzzEncoder(f *testing.F) {
 	f.Add("", math.Inf(1), int64(0), false, "", int64(1))
 	f.Add("é中文", 5e-324, int64(-1), true, " ", int64(math.MaxInt64))
 	f.Add(`\`, math.NaN(), int64(42), false, `,`, int64(math.MinInt64+1))
-	sf := func(name string, typ devices.Type) devices.SchemaField { return devices.SchemaField{Name: name, Type: typ} }
+	sf := func(name string, typ devices.Type) devices.SchemaField {
+		return devices.SchemaField{Name: name, Type: typ}
+	}
 	f.Fuzz(func(t *testing.T, s string, x float64, i int64, b bool, circuit string, ns int64) {
 		// The reference parser rejects a form feed and a carriage return not
 		// followed by a newline inside a string field, which InfluxDB itself
