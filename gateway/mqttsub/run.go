@@ -131,6 +131,11 @@ func (s *Subscriber) onConnect(c mqtt.Client) {
 		}
 		backoff = min(2*backoff, s.cfg.MaxReconnectInterval.D())
 	}
+	select {
+	case <-s.quit:
+		return // Run is stopping; do not report a connection it is closing
+	default:
+	}
 	s.setConnected(true)
 	s.log.Info("mqtt subscribed", "topics", len(filters))
 }

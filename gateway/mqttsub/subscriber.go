@@ -55,7 +55,8 @@ import (
 // (for the gateway: durable in the write-ahead log) and the message may be
 // acknowledged. The subscriber reuses r after Handle returns. Handle is
 // called concurrently from several workers, but for one asset always from the
-// same worker and in arrival order.
+// same worker and in arrival order. Handle must return soon after ctx (Run's
+// context) is cancelled: Run waits for it before it returns.
 type Handler interface {
 	Handle(ctx context.Context, r *devices.Reading) error
 }
