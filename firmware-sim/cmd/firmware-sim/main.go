@@ -177,7 +177,7 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	ctlAddr := fs.String("control", "127.0.0.1:0", "control API listen address (loopback only; port 0 picks one)")
 	speed := fs.Float64("speed", 0, "time acceleration: simulated seconds per wall second (overrides speed)")
 	interval := fs.Duration("mqtt-interval", 0, "publish interval per bin (overrides mqtt.interval)")
-	history := fs.Duration("history", -1, "ground-truth history kept per asset (overrides truth_history)")
+	history := fs.String("history", "", "ground-truth history kept per asset, e.g. 10m (overrides truth_history)")
 	scenario := fs.String("scenario", "", "scenario timeline file: YAML list of {at, fault, asset, for, params}")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -202,8 +202,12 @@ func runCmd(args []string, stdout, stderr io.Writer) error {
 	if *interval > 0 {
 		conf.MQTT.Interval = yamlconf.Duration(*interval)
 	}
-	if *history >= 0 {
-		conf.History = yamlconf.Duration(*history)
+	if *history != "" {
+		d, err := time.ParseDuration(*history)
+		if err != nil || d < 0 {
+			return fmt.Errorf("-history: want a duration such as 10m, got %q", *history)
+		}
+		conf.History = yamlconf.Duration(d)
 	}
 	if auto {
 		addrs, err := freePorts(conf.Modbus.Host, len(c.Ports))
