@@ -199,7 +199,7 @@ func NewWriter(cfg WriterConfig, reg prometheus.Registerer, log *slog.Logger) (*
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
 	w := &Writer{
 		cfg:      cfg,
-		log:      log.With("component", "influx", "url", redactURL(cfg.URL), "bucket", cfg.Bucket),
+		log:      log.With("url", redactURL(cfg.URL), "bucket", cfg.Bucket),
 		client:   client,
 		api:      client.WriteAPIBlocking(cfg.Org, cfg.Bucket),
 		queue:    newMemQueue(cfg.BatchSize, cfg.MaxPendingBatches, cfg.FlushInterval.D()),
