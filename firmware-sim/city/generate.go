@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,7 +73,7 @@ func Generate(c *Config, cat *devices.Catalog) (*City, error) {
 		m, _ := parseClock(s)
 		ct.collections = append(ct.collections, m)
 	}
-	sortInts(ct.collections)
+	slices.Sort(ct.collections)
 
 	g := &generator{c: c, ct: ct, cat: cat, rng: rand.New(rand.NewPCG(c.Seed, 0x6369747967770001))}
 	g.streetlights()
@@ -87,14 +88,6 @@ func Generate(c *Config, cat *devices.Catalog) (*City, error) {
 		return nil, err
 	}
 	return ct, nil
-}
-
-func sortInts(a []int) {
-	for i := 1; i < len(a); i++ {
-		for j := i; j > 0 && a[j] < a[j-1]; j-- {
-			a[j], a[j-1] = a[j-1], a[j]
-		}
-	}
 }
 
 type generator struct {
