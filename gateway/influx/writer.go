@@ -82,7 +82,7 @@ type Stats struct {
 	Batches   int64     // requests InfluxDB answered with success or a partial write
 	Errors    int64     // failed write attempts
 	Retries   int64     // write attempts repeated after a failure
-	LastError string    // the last failure, "" after a success
+	LastError string    // the last failed or rejected write, "" after a success
 	LastWrite time.Time // the last successful request
 }
 
@@ -346,7 +346,7 @@ func (w *Writer) send(ctx context.Context, b *Batch) bool {
 		w.errs.Add(1)
 		if permanent(status) {
 			failed := rejectedPoints(msg, b.Points)
-			w.setHealthy(true, "")
+			w.setHealthy(true, msg) // reachable, but the batch failed
 			w.m.batch.Observe(float64(b.Points))
 			w.batches.Add(1)
 			w.finish(b.Points, b.Points-failed, failed, 0)

@@ -451,7 +451,7 @@ func TestWriterRejectedBatch(t *testing.T) {
 	if st.Written != 2 || st.Rejected != 1 {
 		t.Fatalf("after a type conflict: stats %+v, want 2 written, 1 rejected", st)
 	}
-	if !strings.Contains(st.LastError, "") || !w.Healthy() {
+	if !strings.Contains(st.LastError, "field type conflict") || !w.Healthy() {
 		t.Errorf("a rejected point made the writer unhealthy: %+v", st)
 	}
 	add("this is not line protocol")
