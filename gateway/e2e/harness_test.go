@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/gateway/testenv"
+)
+
+// repoRoot is the repository root, two levels above this package.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(filepath.Dir(wd))
+}
+
+// city is a running firmware-sim with its inventory.
+type city struct {
+	proc    *testenv.Process
+	control string // http://127.0.0.1:port
+	inv     *devices.Inventory
+	invFile string
+}
+
+// startCity runs firmware-sim with configs/city-small.yaml on free ports.
+func startCity(t *testing.T, bin, dir, mqttURL string, extra ...string) *city {
+	t.Helper()
+	c := &city{
+		control: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+		invFile: filepath.Join(dir, "inventory.yaml"),
+	}
+	args := append([]string{"run", "-city", filepath.Join(repoRoot(t), "configs", "city-small.yaml"),
+		"-modbus-base-port", "0", "-mqtt", mqttURL, "-control", c.control, "-inventory-out", c.invFile}, extra...)
+	c.proc = testenv.StartProcess(t, bin, args...)
+	if err := c.proc.WaitOutput("ready", 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.control = "http://" + c.control
+	cat, err := devices.LoadBuiltinCatalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.inv, err = devices.LoadInventory(c.invFile, cat); err != nil {
+		t.Fatalf("the simulator's inventory does not load: %v", err)
+	}
+	return c
+}
+
+func getJSON(t testing.TB, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("GET %s: decoding %q: %v", url, body, err)
+	}
+}
+
+// sample is one entry of the simulator's ground truth.
+type sample struct {
+	DeviceTime time.Time      `json:"device_time"`
+	UnixMs     int64          `json:"unix_ms"`
+	Answering  bool           `json:"answering"`
+	Values     map[string]any `json:"values"`
+	Errors     map[string]string
+}
+
+func (c *city) history(t testing.TB, asset string) []sample {
+	var h struct {
+		Samples []sample `json:"samples"`
+	}
+	getJSON(t, c.control+"/truth/history?asset="+asset, &h)
+	return h.Samples
+}
+
+type simStats struct {
+	Modbus struct {
+		Assets map[string]struct {
+			Served     int64 `json:"served"`
+			Exceptions int64 `json:"exceptions"`
+			NoReply    int64 `json:"no_reply"`
+		} `json:"assets"`
+	} `json:"modbus"`
+	MQTT struct {
+		Connected bool  `json:"connected"`
+		Attempted int64 `json:"attempted"`
+		Acked     int64 `json:"acked"`
+		Assets    map[string]struct {
+			Attempted int64 `json:"attempted"`
+			Acked     int64 `json:"acked"`
+			Failed    int64 `json:"failed"`
+		} `json:"assets"`
+	} `json:"mqtt"`
+}
+
+func (c *city) stats(t testing.TB) simStats {
+	var s simStats
+	getJSON(t, c.control+"/stats", &s)
+	return s
+}
+
+func (c *city) inject(t testing.TB, fault, asset string, dur time.Duration) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"fault": fault, "asset": asset, "for": dur.String()})
+	resp, err := http.Post(c.control+"/faults", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("injecting %s on %s: %v", fault, asset, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("injecting %s on %s: %s: %s", fault, asset, resp.Status, b)
+	}
+}
+
+// gateway is a running gateway process.
+type gateway struct {
+	proc  *testenv.Process
+	admin string
+}
+
+func startGateway(t *testing.T, bin, dir string, c *city, db *testenv.InfluxDB, mqttURL string) *gateway {
+	t.Helper()
+	g := &gateway{admin: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
+	cfg := fmt.Sprintf(`gateway: {id: gw-e2e, data_dir: %q}
+inventory: %q
+admin: {listen: %q}
+log: {level: info}
+influxdb:
+  url: %s
+  bucket: %s
+  batch_size: 1000
+  flush_interval: 200ms
+mqtt:
+  broker: %s
+  client_id: citygw-e2e
+  subscriptions: [{topic: "city/bins/{asset}/telemetry", qos: 1}]
+modbus:
+  interval: 1s
+  timeout: 400ms
+  offline_after: 2
+  backoff_min: 2s
+  backoff_max: 5s
+rules:
+  files: [%q]
+`, filepath.Join(dir, "state"), c.invFile, g.admin, db.URL(), db.Bucket(), mqttURL,
+		filepath.Join(repoRoot(t), "configs", "rules", "*.yaml"))
+	file := filepath.Join(dir, "gateway.yaml")
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check := testenv.StartProcess(t, bin, "check", "-config", file)
+	if err := check.Wait(60 * time.Second); err != nil || !strings.Contains(check.Output(), "\nok\n") {
+		t.Fatalf("gateway check failed (%v):\n%s", err, check.Output())
+	}
+	g.proc = testenv.StartProcess(t, bin, "run", "-config", file)
+	if err := g.proc.WaitOutput("gateway running", 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	g.admin = "http://" + g.admin
+	if err := testenv.WaitTCP(strings.TrimPrefix(g.admin, "http://"), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)`)
+
+// metric returns the value of the sample of name whose labels contain every
+// label given (as `key="value"`), or NaN.
+func (g *gateway) metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := http.Get(g.admin + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+lines:
+	for _, line := range strings.Split(string(body), "\n") {
+		m := metricLine.FindStringSubmatch(line)
+		if m == nil || m[1] != name {
+			continue
+		}
+		for _, l := range labels {
+			if !strings.Contains(m[2], l) {
+				continue lines
+			}
+		}
+		v, err := strconv.ParseFloat(m[3], 64)
+		if err != nil {
+			t.Fatalf("metric %s: %v", line, err)
+		}
+		return v
+	}
+	return math.NaN()
+}
+
+// waitFor polls cond every 200ms until it is true or timeout passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// points returns every point of asset in InfluxDB keyed by time in ns.
+func points(t testing.TB, db *testenv.InfluxDB, kind, asset string) map[int64]map[string]any {
+	t.Helper()
+	series, err := db.Query(db.DB, fmt.Sprintf(`SELECT * FROM %s WHERE asset = '%s'`, testenv.QuoteIdent(kind), asset))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int64]map[string]any{}
+	for _, s := range series {
+		for _, row := range s.Rows() {
+			ts, err := row["time"].(json.Number).Int64()
+			if err != nil {
+				t.Fatalf("time %v: %v", row["time"], err)
+			}
+			out[ts] = row
+		}
+	}
+	return out
+}
+
+// sameValue compares a ground-truth value with what InfluxDB returned.
+func sameValue(truth, stored any) bool {
+	switch tv := truth.(type) {
+	case json.Number:
+		sv, ok := stored.(json.Number)
+		if !ok {
+			return false
+		}
+		a, err1 := tv.Float64()
+		b, err2 := sv.Float64()
+		return err1 == nil && err2 == nil && a == b
+	default:
+		return truth == stored
+	}
+}
+
+// mismatches lists the fields of a ground-truth sample that differ from the
+// stored point.
+func mismatches(s sample, row map[string]any) []string {
+	var out []string
+	for k, v := range s.Values {
+		if !sameValue(v, row[k]) {
+			out = append(out, fmt.Sprintf("%s: sent %v, stored %v", k, v, row[k]))
+		}
+	}
+	return out
+}
