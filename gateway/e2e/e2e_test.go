@@ -295,4 +295,3 @@ func pickNeighbours(t *testing.T, assets []*devices.Asset) (*devices.Asset, []*d
 	t.Fatal("no endpoint with a streetlight and at least two neighbours")
 	return nil, nil
 }
-
