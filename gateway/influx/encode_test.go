@@ -1,8 +1,10 @@
 package influx
 
 import (
+	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -306,4 +308,38 @@ func unquote(q []byte) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// TestAppendConcurrent encodes thousands of assets (several cache chunks)
+// from several goroutines at once; run with -race.
+func TestAppendConcurrent(t *testing.T) {
+	sf := devices.SchemaField{Name: "f", Type: devices.Int}
+	schema := &devices.Schema{Kind: "k", Fields: []devices.SchemaField{sf}}
+	assets := make([]*devices.Asset, 3*chunkSize+7)
+	for i := range assets {
+		assets[i] = &devices.Asset{ID: fmt.Sprintf("a%d", i), Kind: "k", Seq: i, Schema: schema}
+	}
+	e := NewEncoder("gw")
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			r := &devices.Reading{Values: make([]devices.Value, 1)}
+			for k := range 2 * len(assets) {
+				i := (k*7 + g*131) % len(assets)
+				r.Asset = assets[i]
+				r.Time = time.Unix(0, int64(i+1))
+				r.Values[0] = devices.IntValue(int64(i))
+				buf = e.Append(buf[:0], r)
+				want := fmt.Sprintf("k,asset=a%d,gateway=gw f=%di %d\n", i, i, i+1)
+				if string(buf) != want {
+					t.Errorf("got %q, want %q", buf, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -581,3 +581,131 @@ func TestRunShutdownFlushes(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestRunShutdownDrops checks that what cannot be written within the
+// shutdown grace (nothing listens at the URL) is counted as dropped.
+func TestRunShutdownDrops(t *testing.T) {
+	url := fmt.Sprintf("http://127.0.0.1:%d", testenv.FreePort(t))
+	w, err := NewWriter(WriterConfig{URL: url, Bucket: "db", FlushInterval: yamlconf.Duration(10 * time.Millisecond),
+		RetryInterval: yamlconf.Duration(10 * time.Millisecond), ShutdownGrace: yamlconf.Duration(200 * time.Millisecond)},
+		prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	for i := range 5 {
+		if err := w.Add(ctx, []byte(fmt.Sprintf("m f=%di %d", i, i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // let it fail a few times
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after its shutdown grace")
+	}
+	st := w.Stats()
+	if st.Dropped != 5 || st.Written != 0 || st.Queued != 0 || st.Errors == 0 {
+		t.Errorf("stats %+v, want 5 dropped after errors", st)
+	}
+	if got := testutil.ToFloat64(w.m.dropped); got != 5 {
+		t.Errorf(`citygw_influx_points_failed_total{reason="dropped"} = %v, want 5`, got)
+	}
+	if w.Healthy() {
+		t.Error("healthy with nothing listening")
+	}
+}
+
+// sliceSource is a BatchSource over fixed batches, the shape issue 5's WAL
+// reader takes: it records what the writer hands back.
+type sliceSource struct {
+	mu      sync.Mutex
+	batches []*Batch
+	done    []bool
+	refs    []any
+}
+
+func (s *sliceSource) Next(ctx context.Context, flush bool) (*Batch, error) {
+	s.mu.Lock()
+	if len(s.batches) > 0 {
+		b := s.batches[0]
+		s.batches = s.batches[1:]
+		s.mu.Unlock()
+		return b, nil
+	}
+	s.mu.Unlock()
+	if flush {
+		return nil, nil
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (s *sliceSource) Done(b *Batch, written bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.done = append(s.done, written)
+	s.refs = append(s.refs, b.Ref)
+}
+
+// TestDrainSource writes batches from another source (as the WAL will) to a
+// real InfluxDB: each comes back through Done in order, written.
+func TestDrainSource(t *testing.T) {
+	db := testenv.StartInfluxDB(t)
+	w, err := NewWriter(WriterConfig{URL: db.URL(), Bucket: db.Bucket()}, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	src := &sliceSource{}
+	total := 0
+	for i := range 5 {
+		b := &Batch{Ref: i}
+		for j := range 100 {
+			b.Lines = fmt.Appendf(b.Lines, "drain,asset=a%d v=%di %d\n", j%7, i*100+j, int64(i*100+j+1)*int64(time.Millisecond))
+			b.Points++
+		}
+		total += b.Points
+		src.batches = append(src.batches, b)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Drain(ctx, src) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		src.mu.Lock()
+		n := len(src.done)
+		src.mu.Unlock()
+		if n == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of 5 batches done: %+v", n, w.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if !src.done[i] || src.refs[i] != i {
+			t.Errorf("batch %d: done %v ref %v, want written in order", i, src.done[i], src.refs[i])
+		}
+	}
+	if st := w.Stats(); st.Written != int64(total) || st.Queued != 0 || st.Accepted != int64(total) {
+		t.Errorf("stats %+v", st)
+	}
+	if got := testutil.ToFloat64(w.m.queue); got != 0 {
+		t.Errorf("queue gauge %v after draining, want 0", got)
+	}
+	if n, err := db.Count(db.DB, "drain", "v"); err != nil || n != total {
+		t.Errorf("InfluxDB holds %d points (err %v), want %d", n, err, total)
+	}
+}
