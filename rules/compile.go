@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"reflect"
 	"sort"
 	"strings"
 	"text/template"
@@ -417,10 +416,12 @@ func (c *compiler) exprError(pf *parsedFile, at string, cr *compiledRule, exprLi
 }
 
 func (c *compiler) compileWhen(pf *parsedFile, at string, cr *compiledRule, ks *kindSet) {
+	// Pass 1 checks: every internal function is a typed expr.Function, so
+	// the checker knows each field's type and reports type errors.
 	p := &patcher{c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
-	opts := append(exprFunctions(), expr.Env(map[string]any{}), expr.AsBool(), expr.Patch(p),
+	opts := append(checkFunctions(), expr.Env(map[string]any{}), expr.AsBool(), expr.Patch(p),
 		expr.MaxNodes(maxExprNodes), expr.DisableBuiltin("now"))
-	prog, err := expr.Compile(cr.spec.When, opts...)
+	_, err := expr.Compile(cr.spec.When, opts...)
 	if len(p.errs) > 0 {
 		e := p.errs[0]
 		l, col := locate(cr.spec.When, e.loc.From)
@@ -438,6 +439,21 @@ func (c *compiler) compileWhen(pf *parsedFile, at string, cr *compiledRule, ks *
 		} else {
 			c.exprError(pf, at, cr, 1, 0, err.Error())
 		}
+		return
+	}
+	// Pass 2 compiles the program that runs: internal functions are values
+	// of the evaluation context's environment map with signatures expr calls
+	// without reflection or an argument slice (OpCallTyped), returning
+	// values the context boxed once per reading.
+	fp := &patcher{fast: true, c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
+	opts = append(placeholderFunctions(), expr.Env(fastEnvTypes), expr.AsBool(), expr.Patch(fp),
+		expr.MaxNodes(maxExprNodes), expr.DisableBuiltin("now"))
+	prog, err := expr.Compile(cr.spec.When, opts...)
+	if err == nil && len(fp.errs) > 0 {
+		err = errors.New(fp.errs[0].msg)
+	}
+	if err != nil {
+		c.exprError(pf, at, cr, 1, 0, "internal: compiling the checked expression failed: "+err.Error())
 		return
 	}
 	cr.prog = prog
@@ -475,6 +491,7 @@ type patchErr struct {
 // functions become calls reading a memo slot, and time/sun helpers receive
 // the evaluation context. Nothing is looked up by name at run time.
 type patcher struct {
+	fast       bool // run-time pass: untyped function values of the context
 	c          *compiler
 	ks         *kindSet
 	cr         *compiledRule
@@ -505,7 +522,16 @@ var prevFuncs = [...]string{devices.Bool: "__pb", devices.Int: "__pi", devices.F
 
 func envNode() ast.Node { return &ast.IdentifierNode{Value: "$env"} }
 
-func call(name string, args ...ast.Node) *ast.CallNode {
+// call builds a call of an internal function: in the checking pass a typed
+// expr.Function receiving $env first, in the run-time pass a function value
+// of the context's environment map without it (see fastEnv).
+func (p *patcher) call(name string, args ...ast.Node) *ast.CallNode {
+	if p.fast {
+		if len(name) == 4 && strings.HasPrefix(name, "__") && (name[2] == 'f' || name[2] == 'p') {
+			name = name[:3] // __fb, __ff, ... -> __f; __pb, ... -> __p
+		}
+		return &ast.CallNode{Callee: &ast.IdentifierNode{Value: name}, Arguments: args}
+	}
 	return &ast.CallNode{Callee: &ast.IdentifierNode{Value: name}, Arguments: append([]ast.Node{envNode()}, args...)}
 }
 
@@ -516,10 +542,10 @@ func fieldOf(n ast.Node) (int, bool) {
 		return 0, false
 	}
 	id, ok := c.Callee.(*ast.IdentifierNode)
-	if !ok || !strings.HasPrefix(id.Value, "__f") || len(c.Arguments) != 2 {
+	if !ok || !strings.HasPrefix(id.Value, "__f") || len(c.Arguments) == 0 {
 		return 0, false
 	}
-	i, ok := c.Arguments[1].(*ast.IntegerNode)
+	i, ok := c.Arguments[len(c.Arguments)-1].(*ast.IntegerNode)
 	if !ok {
 		return 0, false
 	}
@@ -544,7 +570,7 @@ func (p *patcher) Visit(node *ast.Node) {
 			return
 		}
 		f := p.ks.schema.Fields[i]
-		nn := call(typeFuncs[f.Type], &ast.IntegerNode{Value: i})
+		nn := p.call(typeFuncs[f.Type], &ast.IntegerNode{Value: i})
 		ast.Patch(node, nn)
 		p.names[nn] = f.Name
 		p.addProbe(probe{name: f.Name, kind: probeField, idx: i})
@@ -561,15 +587,15 @@ func (p *patcher) Visit(node *ast.Node) {
 		var nn *ast.CallNode
 		switch prop.Value {
 		case "id", "district", "grid", "code", "model", "kind":
-			nn = call("__as", &ast.StringNode{Value: prop.Value})
+			nn = p.call("__as", &ast.StringNode{Value: prop.Value})
 		case "lat", "lon":
-			nn = call("__af", &ast.StringNode{Value: prop.Value})
+			nn = p.call("__af", &ast.StringNode{Value: prop.Value})
 		default:
 			if !isIdent(prop.Value) {
 				p.fail(n, "bad attribute name %q", prop.Value)
 				return
 			}
-			nn = call("__attr", &ast.StringNode{Value: prop.Value})
+			nn = p.call("__attr", &ast.StringNode{Value: prop.Value})
 			p.addProbe(probe{name: "asset." + prop.Value, kind: probeAttr, attr: prop.Value})
 		}
 		ast.Patch(node, nn)
@@ -607,7 +633,7 @@ func (p *patcher) Visit(node *ast.Node) {
 			if name == "age" {
 				p.usesAge = true
 			}
-			nn := call(fn)
+			nn := p.call(fn)
 			ast.Patch(node, nn)
 			p.names[nn] = name + "()"
 			if name == "age" || name == "sun_elevation" {
@@ -627,7 +653,7 @@ func (p *patcher) Visit(node *ast.Node) {
 				return
 			}
 			f := p.ks.schema.Fields[i]
-			nn := call(prevFuncs[f.Type], &ast.IntegerNode{Value: i})
+			nn := p.call(prevFuncs[f.Type], &ast.IntegerNode{Value: i})
 			ast.Patch(node, nn)
 			p.names[nn] = "prev(" + f.Name + ")"
 		case "between":
@@ -649,7 +675,11 @@ func (p *patcher) Visit(node *ast.Node) {
 				}
 				mins[k] = t.Hour()*60 + t.Minute()
 			}
-			ast.Patch(node, call("__between", &ast.IntegerNode{Value: mins[0]}, &ast.IntegerNode{Value: mins[1]}))
+			if p.fast {
+				ast.Patch(node, p.call("__between", &ast.IntegerNode{Value: mins[0]*1440 + mins[1]}))
+			} else {
+				ast.Patch(node, p.call("__between", &ast.IntegerNode{Value: mins[0]}, &ast.IntegerNode{Value: mins[1]}))
+			}
 		}
 	}
 }
@@ -693,7 +723,7 @@ func (p *patcher) visitAgg(node *ast.Node, n *ast.CallNode, name string, op aggO
 	if int64(w) > p.ks.keep[i] {
 		p.ks.keep[i] = int64(w)
 	}
-	nn := call("__agg", &ast.IntegerNode{Value: slot})
+	nn := p.call("__agg", &ast.IntegerNode{Value: slot})
 	ast.Patch(node, nn)
 	label := fmt.Sprintf("%s(%s, %q)", name, f.Name, s.Value)
 	p.names[nn] = label
@@ -749,11 +779,10 @@ var (
 	sigCtxI   = new(func(any) int)
 )
 
-// exprFunctions returns the functions every rule expression may use. The
+// checkFunctions returns the typed functions of the checking pass. The
 // user-facing names (avg, prev, age, ...) are declared so the parser treats
 // them as calls; the patcher replaces them before they could ever run.
-func exprFunctions() []expr.Option {
-	never := func(params ...any) (any, error) { return nil, errors.New("internal: unpatched rule function") }
+func checkFunctions() []expr.Option {
 	opts := []expr.Option{
 		expr.Function("__fb", fnField, sigFieldB), expr.Function("__fi", fnField, sigFieldI),
 		expr.Function("__ff", fnField, sigFieldF), expr.Function("__fs", fnField, sigFieldS),
@@ -776,14 +805,33 @@ func exprFunctions() []expr.Option {
 			sig = sigCtxI
 		}
 		opts = append(opts, expr.Function(fn, func(params ...any) (any, error) { return impl(params[0].(*evalCtx)) }, sig))
-		opts = append(opts, expr.Function(name, never, reflect.New(reflect.TypeOf(sig).Elem()).Interface()))
+	}
+	return append(opts, placeholderFunctions()...)
+}
+
+// placeholderFunctions declares the user-facing function names.
+func placeholderFunctions() []expr.Option {
+	never := func(params ...any) (any, error) { return nil, errors.New("internal: unpatched rule function") }
+	var opts []expr.Option
+	for _, name := range sortedKeys(timeFuncs) {
+		opts = append(opts, expr.Function(name, never, new(func() any)))
 	}
 	for name := range aggNames {
 		opts = append(opts, expr.Function(name, never, new(func(any, string) float64)))
 	}
-	opts = append(opts, expr.Function("prev", never, new(func(any) any)),
+	return append(opts, expr.Function("prev", never, new(func(any) any)),
 		expr.Function("between", never, new(func(string, string) bool)))
-	return opts
+}
+
+// fastEnvTypes declares the run-time environment's function values; an
+// evalCtx's env map holds the same keys bound to the context (fastEnv).
+var fastEnvTypes = map[string]any{
+	"__f": func(any) any { return nil }, "__p": func(any) any { return nil }, "__agg": func(any) any { return nil },
+	"__as": func(any) any { return nil }, "__af": func(any) any { return nil }, "__attr": func(any) any { return nil },
+	"__between": func(any) bool { return false },
+	"__age":     func() any { return nil }, "__sun": func() any { return nil }, "__tod": func() any { return nil },
+	"__dark": func() bool { return false }, "__day": func() bool { return false }, "__weekend": func() bool { return false },
+	"__hour": func() int { return 0 }, "__minute": func() int { return 0 }, "__weekday": func() int { return 0 },
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -254,7 +254,7 @@ func NewEngine(opts Options, cat *devices.Catalog, inv *devices.Inventory, reg p
 	for i := range e.assets {
 		e.assets[i].seen.Store(e.start)
 	}
-	e.pool.New = func() any { return &evalCtx{loc: e.opts.Location} }
+	e.pool.New = func() any { return newEvalCtx(e.opts.Location) }
 	if opts.StatePath != "" {
 		db, err := openStateDB(opts.StatePath)
 		if err != nil {
@@ -526,7 +526,7 @@ func (e *Engine) Eval(ctx context.Context, r *devices.Reading) {
 
 // evalRule runs one rule's expression for the context's asset.
 func (e *Engine) evalRule(cr *compiledRule, c *evalCtx, now time.Time) {
-	res, err := c.vm.Run(cr.prog, c)
+	res, err := c.vm.Run(cr.prog, c.env)
 	cond := false
 	if err != nil {
 		if !errors.Is(err, errNoData) {

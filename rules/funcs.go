@@ -38,6 +38,56 @@ type evalCtx struct {
 	locOK  bool
 	local  time.Time
 	out    []Transition
+	env    map[string]any // the run-time environment: function values bound to this context
+	pboxed []any
+	pboxOK []bool
+}
+
+func newEvalCtx(loc *time.Location) *evalCtx {
+	c := &evalCtx{loc: loc}
+	c.env = c.fastEnv()
+	return c
+}
+
+// fastEnv returns the function values compiled programs call (see
+// fastEnvTypes). Errors travel as panics, which expr's VM recovers into the
+// run's error; they are rare (no data, a missing field).
+func (c *evalCtx) fastEnv() map[string]any {
+	must := func(v any, err error) any {
+		if err != nil {
+			panic(err)
+		}
+		return v
+	}
+	return map[string]any{
+		"__f":   func(i any) any { return must(c.field(i.(int))) },
+		"__p":   func(i any) any { return must(c.prevField(i.(int))) },
+		"__agg": func(i any) any { return must(c.agg(i.(int))) },
+		"__as":  func(n any) any { return assetProp(c.asset, n.(string)) },
+		"__af": func(n any) any {
+			if n.(string) == "lat" {
+				return c.asset.Lat
+			}
+			return c.asset.Lon
+		},
+		"__attr": func(n any) any { return must(c.attr(n.(string))) },
+		"__between": func(x any) bool {
+			v := x.(int)
+			return between(c.localTime(), v/1440, v%1440)
+		},
+		"__age": func() any { return must(ctxFuncs["__age"](c)) },
+		"__sun": func() any {
+			c.sunElevation()
+			return c.sunBox
+		},
+		"__tod":     func() any { return must(ctxFuncs["__tod"](c)) },
+		"__dark":    func() bool { return c.sunElevation() < DarkElevation },
+		"__day":     func() bool { return c.sunElevation() > DayElevation },
+		"__weekend": func() bool { d := c.localTime().Weekday(); return d == time.Saturday || d == time.Sunday },
+		"__hour":    func() int { return c.localTime().Hour() },
+		"__minute":  func() int { return c.localTime().Minute() },
+		"__weekday": func() int { return int(c.localTime().Weekday()) },
+	}
 }
 
 func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []devices.Value, now time.Time, loc *time.Location) {
@@ -45,9 +95,12 @@ func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []de
 	n := len(vals)
 	if cap(c.boxed) < n {
 		c.boxed, c.boxOK = make([]any, n), make([]bool, n)
+		c.pboxed, c.pboxOK = make([]any, n), make([]bool, n)
 	}
 	c.boxed, c.boxOK = c.boxed[:n], c.boxOK[:n]
+	c.pboxed, c.pboxOK = c.pboxed[:n], c.pboxOK[:n]
 	clear(c.boxOK)
+	clear(c.pboxOK)
 	m := 0
 	if ks != nil {
 		m = len(ks.aggs)
@@ -64,6 +117,7 @@ func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []de
 func (c *evalCtx) release() {
 	c.ks, c.asset, c.st, c.vals = nil, nil, nil, nil
 	clear(c.boxed)
+	clear(c.pboxed)
 	clear(c.memo)
 	clear(c.out)
 	c.out = c.out[:0]
@@ -109,13 +163,20 @@ func fnField(params ...any) (any, error) {
 	return params[0].(*evalCtx).field(params[1].(int))
 }
 
-func fnPrev(params ...any) (any, error) {
-	c := params[0].(*evalCtx)
-	i := params[1].(int)
+func (c *evalCtx) prevField(i int) (any, error) {
+	if c.pboxOK[i] {
+		return c.pboxed[i], nil
+	}
 	if c.st == nil || i >= len(c.st.prev) || !c.st.prev[i].Valid() {
 		return nil, errNoData
 	}
-	return box(c.st.prev[i]), nil
+	b := box(c.st.prev[i])
+	c.pboxed[i], c.pboxOK[i] = b, true
+	return b, nil
+}
+
+func fnPrev(params ...any) (any, error) {
+	return params[0].(*evalCtx).prevField(params[1].(int))
 }
 
 func (c *evalCtx) agg(slot int) (any, error) {
@@ -161,14 +222,16 @@ func fnAssetFloat(params ...any) (any, error) {
 	return c.asset.Lon, nil
 }
 
-func fnAttr(params ...any) (any, error) {
-	c := params[0].(*evalCtx)
-	name := params[1].(string)
+func (c *evalCtx) attr(name string) (any, error) {
 	v, ok := c.asset.Attrs[name]
 	if !ok {
 		return nil, fmt.Errorf("asset %s has no attribute %s", c.asset.ID, name)
 	}
 	return v, nil
+}
+
+func fnAttr(params ...any) (any, error) {
+	return params[0].(*evalCtx).attr(params[1].(string))
 }
 
 func (c *evalCtx) localTime() time.Time {
@@ -188,13 +251,17 @@ func (c *evalCtx) sunElevation() float64 {
 
 func fnBetween(params ...any) (any, error) {
 	c := params[0].(*evalCtx)
-	from, to := params[1].(int), params[2].(int)
-	t := c.localTime()
+	return between(c.localTime(), params[1].(int), params[2].(int)), nil
+}
+
+// between reports whether t's time of day is in [from, to) minutes after
+// midnight; a range with from > to wraps midnight.
+func between(t time.Time, from, to int) bool {
 	m := t.Hour()*60 + t.Minute()
 	if from <= to {
-		return m >= from && m < to, nil
+		return m >= from && m < to
 	}
-	return m >= from || m < to, nil // wraps midnight
+	return m >= from || m < to
 }
 
 // ctxFuncs are the argument-less functions of the context.

@@ -1,0 +1,120 @@
+package rules
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ruleTemplates are typical conditions per kind; %v is a varying threshold
+// so that every generated rule is distinct.
+var ruleTemplates = map[string][]string{
+	"streetlight": {
+		`is_dark() && (!relay_on || current_a < %v)`,
+		`relay_on && voltage_v > 200 + %v`,
+		`avg(current_a, "10m") > %v + 5`,
+		`relay_on && current_a >= 0.03 && abs(current_a - asset.rated_power_w * dim_level / 100 / voltage_v) > %v`,
+		`tilt_alarm || abs(tilt_deg) > 10 + %v`,
+	},
+	"cabinet":     {`leakage_ma > 30 + %v`, `!mains_ok && va_v < %v`, `max(leakage_ma, "5m") > 50 + %v`},
+	"gas_station": {`outlet_pressure_kpa < asset.pressure_min_kpa - %v || outlet_pressure_kpa > asset.pressure_max_kpa + %v`, `delta(outlet_pressure_kpa, "5m") < -25 - %v`, `methane_lel_pct >= 20 + %v`},
+	"waste_bin":   {`fill_pct >= 90 + %v`, `temperature_c > 70 + %v || (temperature_c > 50 && delta(temperature_c, "10m") > 15)`},
+}
+
+// genRules returns a rule file with n rules spread over the kinds (or only
+// the given kind).
+func genRules(n int, only string) string {
+	kinds := []string{"streetlight", "cabinet", "gas_station", "waste_bin"}
+	if only != "" {
+		kinds = []string{only}
+	}
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := 0; i < n; i++ {
+		k := kinds[i%len(kinds)]
+		tpls := ruleTemplates[k]
+		tpl := tpls[(i/len(kinds))%len(tpls)]
+		th := fmt.Sprintf("%d.%03d", i/1000, i%1000)
+		expr := strings.ReplaceAll(tpl, "%v", th)
+		fmt.Fprintf(&b, "  - id: bench.%s_%d\n    kind: %s\n    when: '%s'\n    for: 5m\n    severity: minor\n    case: {service: s, title: \"t {{ .Asset.ID }}\"}\n",
+			k, i, k, expr)
+	}
+	return b.String()
+}
+
+// BenchmarkEval measures one streetlight reading against N loaded rules of
+// mixed kinds; kind=streetlight loads only the streetlight rules the mixed
+// 1000 contain, to show that the other kinds cost nothing.
+func BenchmarkEval(b *testing.B) {
+	cat := testCatalog(b)
+	inv := testInventory(b, cat, 64)
+	cases := []struct {
+		name string
+		n    int
+		only string
+	}{{"rules=1", 1, ""}, {"rules=100", 100, ""}, {"rules=1000", 1000, ""}, {"rules=250/streetlight-only", 250, "streetlight"}}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			f := writeRules(b, b.TempDir(), "r.yaml", genRules(tc.n, tc.only))
+			e, _ := newTestEngine(b, Options{Location: time.UTC}, inv, cat, f)
+			kindRules := len(e.set.Load().kinds["streetlight"].rules)
+			a := inv.Lookup("L1")
+			t0 := time.Date(2026, 6, 21, 14, 0, 0, 0, time.UTC) // 22:00 in Shanghai: dark
+			r := reading(b, a, t0, map[string]any{"relay_on": true, "current_a": 0.43, "voltage_v": 230.0,
+				"dim_level": 100, "power_w": 99.0, "tilt_alarm": false, "tilt_deg": 0.3})
+			ctx := context.Background()
+			// Warm up: fill windows and pools.
+			for i := 0; i < 100; i++ {
+				r.Time = t0.Add(time.Duration(i) * time.Second)
+				e.Eval(ctx, r)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r.Time = t0.Add(time.Duration(100+i) * time.Second)
+				e.Eval(ctx, r)
+			}
+			b.StopTimer()
+			sec := b.Elapsed().Seconds()
+			if sec > 0 {
+				b.ReportMetric(float64(b.N)*float64(kindRules)/sec, "evals/s")
+				b.ReportMetric(float64(kindRules), "kind-rules")
+			}
+		})
+	}
+}
+
+// BenchmarkEvalParallel is BenchmarkEval/rules=1000 from all CPUs, readings
+// spread over 64 lamps.
+func BenchmarkEvalParallel(b *testing.B) {
+	cat := testCatalog(b)
+	inv := testInventory(b, cat, 64)
+	f := writeRules(b, b.TempDir(), "r.yaml", genRules(1000, ""))
+	e, _ := newTestEngine(b, Options{Location: time.UTC}, inv, cat, f)
+	kindRules := len(e.set.Load().kinds["streetlight"].rules)
+	t0 := time.Date(2026, 6, 21, 14, 0, 0, 0, time.UTC)
+	ctx := context.Background()
+	var next = make(chan int, 64)
+	for i := 0; i < 64; i++ {
+		next <- i
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		a := inv.Lookup(fmt.Sprintf("L%d", <-next))
+		r := reading(b, a, t0, map[string]any{"relay_on": true, "current_a": 0.43, "voltage_v": 230.0,
+			"dim_level": 100, "power_w": 99.0, "tilt_alarm": false, "tilt_deg": 0.3})
+		i := 0
+		for pb.Next() {
+			r.Time = t0.Add(time.Duration(i) * time.Second)
+			i++
+			e.Eval(ctx, r)
+		}
+	})
+	b.StopTimer()
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(b.N)*float64(kindRules)/sec, "evals/s")
+	}
+}
