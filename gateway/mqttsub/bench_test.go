@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/gateway/testenv"
 )
 
 // inMsg is a received message as paho hands it over, for in-process tests
@@ -162,4 +164,57 @@ func TestAckDecisions(t *testing.T) {
 	if s.Status().Inflight != 0 {
 		t.Errorf("inflight = %d after all settled", s.Status().Inflight)
 	}
+}
+
+// BenchmarkThroughMosquitto is the end-to-end rate through a real broker:
+// a paho publisher (QoS 1, on the same machine, so it competes for the CPU)
+// → mosquitto → subscriber → handler, with manual acks. The broker's
+// in-flight window is raised as the README advises for high rates.
+func BenchmarkThroughMosquitto(b *testing.B) {
+	m := testenv.StartMosquitto(b, testenv.WithConfigLines("max_inflight_messages 1000", "max_queued_messages 0"))
+	h := &countingHandler{}
+	inv := testInventory(b, 1000)
+	log, _ := testLogger(b)
+	s, err := New(Config{Broker: m.URL(), ClientID: "bench-sub", Subscriptions: []Subscription{{Topic: "city/bins/{asset}/telemetry"}}},
+		inv, h, prometheus.NewRegistry(), log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(b, 10*time.Second, "subscribed", s.Connected)
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(m.URL()).SetClientID("bench-pub").SetMaxResumePubInFlight(1000))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		b.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(100)
+	payloads := make([][]byte, 1000)
+	topics := make([]string, 1000)
+	for i := range payloads {
+		topics[i] = fmt.Sprintf("city/bins/bin-%04d/telemetry", i)
+		payloads[i] = []byte(binPayload(time.Now(), 50, i))
+	}
+	b.ResetTimer()
+	start := time.Now()
+	window := make(chan mqtt.Token, 2000) // bound the publisher's outstanding messages
+	var pw sync.WaitGroup
+	pw.Add(1)
+	go func() {
+		defer pw.Done()
+		for tok := range window {
+			tok.Wait()
+		}
+	}()
+	for i := 0; i < b.N; i++ {
+		window <- pub.Publish(topics[i%1000], 1, false, payloads[i%1000])
+	}
+	close(window)
+	pw.Wait()
+	for h.n.Load() < int64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 }
