@@ -64,6 +64,7 @@ type endpoint struct {
 	retryAt   time.Time // next connection attempt while disconnected
 
 	reqOK, reqTimeout, reqException, reqError prometheus.Counter
+	pollOK, pollPartial, pollFailed           prometheus.Counter
 	duration                                  prometheus.Observer
 }
 
@@ -102,6 +103,9 @@ func (e *endpoint) init(a *devices.ModbusAddr) error {
 	e.reqException = e.m.requests.WithLabelValues(e.name, resultException)
 	e.reqError = e.m.requests.WithLabelValues(e.name, resultError)
 	e.duration = e.m.duration.WithLabelValues(e.name)
+	e.pollOK = e.m.polls.WithLabelValues(pollOK)
+	e.pollPartial = e.m.polls.WithLabelValues(pollPartial)
+	e.pollFailed = e.m.polls.WithLabelValues(pollFailed)
 	return nil
 }
 
@@ -202,7 +206,7 @@ func (e *endpoint) connectFailed(err error) {
 	cerr := fmt.Errorf("connecting %s: %w", e.name, err)
 	for _, d := range e.devs {
 		d.failed(now, cerr, false, e.cfg, e.log, e.m)
-		e.m.polls.WithLabelValues(pollFailed).Inc()
+		e.pollFailed.Inc()
 	}
 }
 
@@ -295,7 +299,7 @@ func (e *endpoint) poll(ctx context.Context, d *device) {
 	recv := time.Now()
 	d.perPoll.Set(float64(issued))
 	if answered == 0 {
-		e.m.polls.WithLabelValues(pollFailed).Inc()
+		e.pollFailed.Inc()
 		if lastErr == nil {
 			lastErr = errors.New("no request answered")
 		}
@@ -303,9 +307,9 @@ func (e *endpoint) poll(ctx context.Context, d *device) {
 		return
 	}
 	if answered == len(d.reqs) {
-		e.m.polls.WithLabelValues(pollOK).Inc()
+		e.pollOK.Inc()
 	} else {
-		e.m.polls.WithLabelValues(pollPartial).Inc()
+		e.pollPartial.Inc()
 	}
 	d.reading.Received = recv
 	d.reading.Time = recv
