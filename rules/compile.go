@@ -66,7 +66,7 @@ type probe struct {
 type compiledRule struct {
 	spec        *RuleSpec
 	file        string
-	line        int
+	line, col   int
 	kind        string
 	prog        *vm.Program
 	absent      time.Duration
@@ -117,7 +117,7 @@ type groupIndex struct {
 // assetProp returns a group_by property of an asset.
 func assetProp(a *devices.Asset, name string) string {
 	switch name {
-	case "asset":
+	case "asset", "id":
 		return a.ID
 	case "district":
 		return a.District
@@ -305,7 +305,7 @@ func (c *compiler) compileRule(pf *parsedFile, at string, spec *RuleSpec) *compi
 	}
 	cr := &compiledRule{spec: spec, file: pf.name, kind: spec.Kind, absent: spec.Absent.D(), forD: spec.For.D(),
 		keep: spec.KeepFiringFor.D(), groupBy: spec.GroupBy}
-	cr.line, _ = pf.doc.Pos(at + ".id")
+	cr.line, cr.col = pf.doc.Pos(at + ".id")
 	cr.labels = map[string]string{"severity": spec.Severity}
 	for k, v := range spec.Labels {
 		cr.labels[k] = v

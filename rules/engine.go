@@ -115,7 +115,9 @@ type assetState struct {
 
 func (s *assetState) seenNs() int64 { return s.seen.Load() }
 
-func (s *assetState) record(vals []devices.Value, now int64, ks *kindSet, max int) {
+// record keeps a reading's values at sample time now; seenAt is when the
+// gateway received it (what absence rules and age() measure from).
+func (s *assetState) record(vals []devices.Value, now, seenAt int64, ks *kindSet, max int) {
 	s.prev, s.last = s.last, s.prev
 	if cap(s.last) < len(vals) {
 		s.last = make([]devices.Value, len(vals))
@@ -123,9 +125,7 @@ func (s *assetState) record(vals []devices.Value, now int64, ks *kindSet, max in
 	s.last = s.last[:len(vals)]
 	copy(s.last, vals)
 	s.lastNs = now
-	if now > s.seen.Load() {
-		s.seen.Store(now)
-	}
+	s.seen.Store(seenAt)
 	if ks == nil {
 		return
 	}
@@ -327,11 +327,11 @@ func compileFiles(cat *devices.Catalog, inv *devices.Inventory, files []string) 
 			target := set.byID[t]
 			switch {
 			case target == nil:
-				c.errs = append(c.errs, &yamlconf.Error{File: cr.file, Line: cr.line, Field: "rule " + cr.id() + ".inhibit.rules",
-					Msg: fmt.Sprintf("no rule %q in the loaded files", t)})
+				c.errs = append(c.errs, &yamlconf.Error{File: cr.file, Line: cr.line, Column: cr.col,
+					Field: "rule " + cr.id() + ".inhibit.rules", Msg: fmt.Sprintf("no rule %q in the loaded files", t)})
 			case target == cr:
-				c.errs = append(c.errs, &yamlconf.Error{File: cr.file, Line: cr.line, Field: "rule " + cr.id() + ".inhibit.rules",
-					Msg: "a rule cannot inhibit itself"})
+				c.errs = append(c.errs, &yamlconf.Error{File: cr.file, Line: cr.line, Column: cr.col,
+					Field: "rule " + cr.id() + ".inhibit.rules", Msg: "a rule cannot inhibit itself"})
 			default:
 				target.inhibitedBy = append(target.inhibitedBy, cr)
 			}
@@ -490,7 +490,11 @@ func (e *Engine) Eval(ctx context.Context, r *devices.Reading) {
 	t0 := time.Now()
 	now := readingTime(r, e.opts.Now)
 	st.mu.Lock()
-	st.record(r.Values, now.UnixNano(), ks, e.opts.MaxSamples)
+	seenAt := now
+	if !r.Received.IsZero() {
+		seenAt = r.Received
+	}
+	st.record(r.Values, now.UnixNano(), seenAt.UnixNano(), ks, e.opts.MaxSamples)
 	if ks == nil || len(ks.schema.Fields) != len(st.last) {
 		st.mu.Unlock()
 		return

@@ -270,7 +270,7 @@ var ctxFuncs = map[string]func(*evalCtx) (any, error){
 		if c.st == nil {
 			return 0.0, nil
 		}
-		return float64(c.nowNs-c.st.seenNs()) / 1e9, nil
+		return float64(max(0, c.nowNs-c.st.seenNs())) / 1e9, nil
 	},
 	"__sun": func(c *evalCtx) (any, error) {
 		c.sunElevation()

@@ -128,3 +128,13 @@ func newTestEngine(tb testing.TB, opts Options, inv *devices.Inventory, cat *dev
 	}
 	return e, reg
 }
+
+// shippedRules returns configs/rules/*.yaml.
+func shippedRules(tb testing.TB) []string {
+	tb.Helper()
+	files, err := filepath.Glob("../configs/rules/*.yaml")
+	if err != nil || len(files) == 0 {
+		tb.Fatalf("no shipped rules found: %v", err)
+	}
+	return files
+}
