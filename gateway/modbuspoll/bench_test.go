@@ -202,3 +202,39 @@ func TestShortResponse(t *testing.T) {
 		t.Errorf("%d fields missing, %v decode errors; want 7 and 7", missing, testutil.ToFloat64(d.decErrs))
 	}
 }
+
+type discard struct{}
+
+func (discard) Handle(context.Context, *devices.Reading) error { return nil }
+
+// BenchmarkPollTCP is one whole poll of a lamp controller (4 requests) over
+// loopback TCP against the in-process server: goburrow's framing and the
+// round trips included. Its allocations are goburrow's request and response
+// frames and the in-process server's work, not the decoder's (see
+// BenchmarkDecodePoll).
+func BenchmarkPollTCP(b *testing.B) {
+	cat := builtin(b)
+	s := newTestServer(b)
+	p := cat.Profile("citylight-slc200")
+	s.serve(b, 1, p, sampleValues(b, p, 1, time.Now()))
+	pl, err := New(Config{}, []*devices.Asset{tcpAsset(b, cat, "x", p.Model, s.addr, 1, 0, 0)}, discard{}, prometheus.NewRegistry(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := pl.endpoints[0]
+	ctx := context.Background()
+	if err := e.connect(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer e.close()
+	d := e.devs[0]
+	d.next = time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		e.poll(ctx, d)
+	}
+	b.StopTimer()
+	if st := pl.Status()[0]; !st.Up || st.Failures != 0 {
+		b.Fatalf("status %+v", st)
+	}
+}
