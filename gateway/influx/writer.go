@@ -230,14 +230,10 @@ func (w *Writer) Add(ctx context.Context, line []byte) error {
 
 // Run drains the writer's own queue until ctx ends, then seals and writes
 // what is left for up to ShutdownGrace; points it cannot write in that time
-// are counted as dropped. Add fails with ErrClosed from the moment ctx ends.
+// are counted as dropped. Once ctx has ended, Add fails with ErrClosed.
 // Run returns nil after a clean shutdown.
 func (w *Writer) Run(ctx context.Context) error {
-	go func() {
-		<-ctx.Done()
-		w.queue.close()
-	}()
-	return w.Drain(ctx, w.queue)
+	return w.drain(ctx, w.queue, w.queue.close)
 }
 
 // Drain writes the batches of src in order until ctx ends, then takes what
@@ -246,6 +242,12 @@ func (w *Writer) Run(ctx context.Context) error {
 // or the grace period ran out (written false). Failures in between are
 // retried with exponential backoff and jitter, honouring Retry-After.
 func (w *Writer) Drain(ctx context.Context, src BatchSource) error {
+	return w.drain(ctx, src, nil)
+}
+
+// drain is Drain; stop, when set, is called once ctx has ended and before
+// the last batches are taken, so that nothing is added after them.
+func (w *Writer) drain(ctx context.Context, src BatchSource, stop func()) error {
 	sendCtx, cancelSend := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSend()
 	finished := make(chan struct{})
@@ -293,6 +295,9 @@ func (w *Writer) Drain(ctx context.Context, src BatchSource) error {
 	}
 	// Shutdown: write what is left while the grace period lasts; what is
 	// still left after it is counted as dropped.
+	if stop != nil {
+		stop()
+	}
 	for {
 		b, err := src.Next(sendCtx, true)
 		if err != nil || b == nil {
