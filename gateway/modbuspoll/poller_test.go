@@ -4,12 +4,12 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/citygw/citygw/devices"
 	"github.com/citygw/citygw/devices/yamlconf"
+	"github.com/citygw/citygw/gateway/mqttsub"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -406,19 +406,31 @@ func TestNewRejects(t *testing.T) {
 	}
 }
 
-// TestSharedMetrics: two pollers (a reload) and another source may register
-// the shared collectors on one registry.
+// TestSharedMetrics: the MQTT subscriber's shared vectors registered first
+// are taken over (same help and labels), and a second poller on the same
+// registry (a reload) takes over the first one's collectors.
 func TestSharedMetrics(t *testing.T) {
 	cat := builtin(t)
 	reg := prometheus.NewRegistry()
+	readings, decodeErrs := mqttsub.NewReadingsTotal(), mqttsub.NewDecodeErrorsTotal()
+	reg.MustRegister(readings, decodeErrs)
 	assets := []*devices.Asset{tcpAsset(t, cat, "x", "gasreg-rtu500", "127.0.0.1:1", 1, 0, 0)}
-	var wg sync.WaitGroup
+	var pollers []*Poller
 	for i := 0; i < 2; i++ {
-		if _, err := New(Config{}, assets, newCollector(), reg, nil); err != nil {
+		p, err := New(Config{}, assets, newCollector(), reg, nil)
+		if err != nil {
 			t.Fatalf("poller %d: %v", i, err)
 		}
+		pollers = append(pollers, p)
 	}
-	wg.Wait()
+	for _, p := range pollers {
+		if p.m.readings != readings || p.m.decodeErrors != decodeErrs {
+			t.Error("the poller did not take over the shared vectors")
+		}
+	}
+	if pollers[0].m.requests != pollers[1].m.requests {
+		t.Error("the second poller registered its own requests vector")
+	}
 }
 
 // TestEndpointsIndependent: a device that answers slowly (each poll takes
