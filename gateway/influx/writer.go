@@ -230,7 +230,8 @@ func (w *Writer) Add(ctx context.Context, line []byte) error {
 
 // Run drains the writer's own queue until ctx ends, then seals and writes
 // what is left for up to ShutdownGrace; points it cannot write in that time
-// are counted as dropped. Once ctx has ended, Add fails with ErrClosed.
+// are counted as dropped. From the start of that shutdown, Add fails with
+// ErrClosed.
 // Run returns nil after a clean shutdown.
 func (w *Writer) Run(ctx context.Context) error {
 	return w.drain(ctx, w.queue, w.queue.close)
