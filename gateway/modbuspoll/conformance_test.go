@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/devices/yamlconf"
 	"github.com/citygw/citygw/gateway/testenv"
 )
 
@@ -151,17 +153,31 @@ func TestConformancePymodbusRTU(t *testing.T) {
 			Modbus: &devices.ModbusAddr{Serial: gw, Baud: 19200, Unit: unit},
 		})
 	}
+	// Unit 9 is not on the line: its requests time out (a shorter timeout
+	// than its neighbours', so the port is reopened between them).
+	p9 := cat.Profile("citylight-ccu300")
+	assets = append(assets, &devices.Asset{
+		ID: "rtu9", Model: p9.Model, Kind: p9.Kind, Profile: p9, Schema: cat.Kinds[p9.Kind],
+		Modbus: &devices.ModbusAddr{Serial: gw, Baud: 19200, Unit: 9, Timeout: yamlconf.Duration(300 * time.Millisecond)},
+	})
 	c := newCollector()
-	cfg := Config{DefaultInterval: 300 * time.Millisecond, DefaultTimeout: 2 * time.Second, RTU: SerialDefaults{Baud: 9600}}
+	cfg := Config{DefaultInterval: 300 * time.Millisecond, DefaultTimeout: 2 * time.Second, RTU: SerialDefaults{Baud: 9600},
+		BackoffMin: 500 * time.Millisecond, BackoffMax: time.Second}
 	r := startPoller(t, cfg, assets, c)
-	waitFor(t, 60*time.Second, "2 readings of each unit over RTU", func() bool { return c.count("rtu1") >= 2 && c.count("rtu2") >= 2 })
+	waitFor(t, 60*time.Second, "4 readings of each live unit over RTU and the missing one offline", func() bool {
+		return c.count("rtu1") >= 4 && c.count("rtu2") >= 4 && r.status("rtu9").Failures >= 2
+	})
+	timeouts := r.requests(t, "rtu:"+gw, resultTimeout)
 	r.stop()
-	for _, a := range assets {
+	if c.count("rtu9") != 0 || timeouts < 2 {
+		t.Errorf("missing unit: %d readings, %v timeouts; want none and >= 2", c.count("rtu9"), timeouts)
+	}
+	for _, a := range assets[:2] {
 		got, _ := c.last(a.ID)
 		checkReading(t, got, a.Profile, want[a.Modbus.Unit])
 		t.Logf("over RTU: %v", &got)
 	}
-	if st := r.p.Status(); len(st) != 2 || st[0].Endpoint != "rtu:"+gw {
-		t.Errorf("status %+v, want two devices on endpoint rtu:%s", st, gw)
+	if st := r.p.Status(); len(st) != 3 || st[0].Endpoint != "rtu:"+gw || st[2].Up || !strings.Contains(st[2].LastError, "no reply") {
+		t.Errorf("status %+v, want three devices on endpoint rtu:%s, unit 9 down", st, gw)
 	}
 }
