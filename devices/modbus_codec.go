@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // DecodeError is a field that could not be decoded from what a device sent.
@@ -111,7 +113,7 @@ func (f *Field) decodeWords(b []byte) (Value, error) {
 		}
 		raw = int64(u)
 	case RawFloat32:
-		fl, isFloat = float64(math.Float32frombits(binary.BigEndian.Uint32(be))), true
+		fl, isFloat = widen32(math.Float32frombits(binary.BigEndian.Uint32(be))), true
 	case RawFloat64:
 		fl, isFloat = math.Float64frombits(binary.BigEndian.Uint64(be)), true
 	default:
@@ -170,7 +172,11 @@ func (f *Field) finishFloat(x float64) (Value, error) {
 		}
 		return f.finishInt(int64(x))
 	}
-	if f.Scale != nil {
+	if f.divisor != 0 {
+		// A decimal scale such as 0.1 divides by its exact inverse, so that
+		// 2301 × 0.1 is stored as 230.1, not 230.10000000000002.
+		x /= f.divisor
+	} else if f.Scale != nil {
 		x *= *f.Scale
 	}
 	x += f.Offset
@@ -273,11 +279,42 @@ func (f *Field) rawFor(v Value) (raw int64, isFloat bool, fl float64, err error)
 		return 0, false, 0, f.errorf("cannot encode %v", v)
 	}
 	x -= f.Offset
-	if f.Scale != nil {
+	if f.divisor != 0 {
+		x *= f.divisor
+	} else if f.Scale != nil {
 		x /= *f.Scale
 	}
 	if f.Type == RawFloat32 || f.Type == RawFloat64 {
 		return 0, true, x, nil
 	}
 	return int64(math.Round(x)), false, 0, nil
+}
+
+// widen32 converts a float32 to the float64 with the same shortest decimal
+// form (0.96f becomes 0.96, not 0.9599999785423279): the value the device
+// meant, as a person reading its manual would write it.
+func widen32(f float32) float64 {
+	if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+		return float64(f)
+	}
+	var buf [32]byte
+	b := strconv.AppendFloat(buf[:0], float64(f), 'g', -1, 32)
+	x, err := strconv.ParseFloat(unsafe.String(&b[0], len(b)), 64)
+	if err != nil {
+		return float64(f)
+	}
+	return x
+}
+
+// decimalDivisor returns d when scale is exactly 1/d for an integer d
+// (0.1, 0.01, 0.5 …), else 0.
+func decimalDivisor(scale float64) float64 {
+	if scale == 0 || math.Abs(scale) >= 1 {
+		return 0
+	}
+	d := math.Round(1 / scale)
+	if d != 0 && math.Abs(1/d-scale) <= 1e-12*math.Abs(scale) {
+		return d
+	}
+	return 0
 }

@@ -212,3 +212,22 @@ func FuzzDecodeModbus(f *testing.F) {
 		}
 	})
 }
+
+func TestDecimalScaling(t *testing.T) {
+	for _, tt := range []struct {
+		scale float64
+		raw   uint16
+		want  float64
+	}{{0.1, 2301, 230.1}, {0.01, 1999, 19.99}, {0.001, 87, 0.087}, {0.5, 3, 1.5}, {0.3, 10, 3}, {2, 21, 42}} {
+		f := mustField(t, Field{Name: "x", Table: Input, Type: RawUint16, Scale: f64(tt.scale)})
+		got, err := f.DecodeModbus(words(tt.raw), 0)
+		if err != nil || got.F != tt.want {
+			t.Errorf("%d × %v = %v (%v), want exactly %v", tt.raw, tt.scale, got.F, err, tt.want)
+		}
+	}
+	f := mustField(t, Field{Name: "pf", Table: Input, Type: RawFloat32})
+	got, _ := f.DecodeModbus(words(0x3F75, 0xC28F), 0) // 0.96f
+	if got.F != 0.96 {
+		t.Errorf("float32 0.96 decoded as %v, want 0.96", got.F)
+	}
+}

@@ -116,6 +116,7 @@ type Field struct {
 	Line      int      `yaml:"-"` // line in the profile file
 	Registers int      `yaml:"-"` // 16-bit registers (Modbus, non-bit tables), 1 for bit tables
 	pathParts []string `yaml:"-"`
+	divisor   float64  // 1/Scale when that is an integer, for exact decimal scaling
 }
 
 // ModbusOptions are a Modbus profile's request planning defaults; the gateway
@@ -266,6 +267,9 @@ func (p *Profile) validate(doc *yamlconf.Doc) yamlconf.Errors {
 		seen[f.Name] = i
 		if f.Scale != nil && (*f.Scale == 0 || math.IsNaN(*f.Scale) || math.IsInf(*f.Scale, 0)) {
 			fadd("scale", "must be a finite non-zero number")
+		}
+		if f.Scale != nil {
+			f.divisor = decimalDivisor(*f.Scale)
 		}
 		if f.Enum != nil && f.Scale != nil {
 			fadd("enum", "a field cannot have both enum and scale")
