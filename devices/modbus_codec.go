@@ -200,26 +200,41 @@ func (f *Field) checkRange(x float64) error {
 // the field's registers (host-order uint16 values, as a Modbus server library
 // takes them) for value v. It is what the simulator serves.
 func (f *Field) EncodeModbus(v Value) ([]uint16, error) {
+	return f.AppendModbus(make([]uint16, 0, f.Registers), v)
+}
+
+// AppendModbus appends the field's registers for v to dst (see
+// EncodeModbus); it does not allocate when dst has room.
+func (f *Field) AppendModbus(dst []uint16, v Value) ([]uint16, error) {
 	if f.Table.IsBit() {
-		return nil, f.errorf("bit tables take a bool, not registers")
+		return dst, f.errorf("bit tables take a bool, not registers")
 	}
-	be := make([]byte, f.Registers*2)
+	var buf [2 * MaxReadRegisters]byte
+	be := buf[:f.Registers*2]
 	switch f.Type {
 	case RawBool:
 		if v.Bool() {
 			be[1] = 1
 		}
 	case RawBit:
-		return nil, f.errorf("a bit field shares its register: use EncodeBit")
+		return dst, f.errorf("a bit field shares its register: use EncodeBit")
 	case RawString:
-		s := v.S
-		for i := 0; i < len(be) && i < len(s); i++ {
-			be[i] = s[i]
+		// Characters in order, first in the high byte; only the byte order
+		// within a register applies to strings (as in toBigEndianString).
+		copy(be, v.S)
+		if f.Order.swapBytes() {
+			for i := 0; i+1 < len(be); i += 2 {
+				be[i], be[i+1] = be[i+1], be[i]
+			}
 		}
+		return appendWords(dst, be), nil
 	default:
 		raw, isFloat, fl, err := f.rawFor(v)
 		if err != nil {
-			return nil, err
+			return dst, err
+		}
+		if (f.Type == RawFloat32 || f.Type == RawFloat64) && !isFloat {
+			fl = float64(raw)
 		}
 		switch f.Type {
 		case RawInt16, RawUint16:
@@ -229,31 +244,22 @@ func (f *Field) EncodeModbus(v Value) ([]uint16, error) {
 		case RawInt64, RawUint64:
 			binary.BigEndian.PutUint64(be, uint64(raw))
 		case RawFloat32:
-			if !isFloat {
-				fl = float64(raw)
-			}
 			binary.BigEndian.PutUint32(be, math.Float32bits(float32(fl)))
 		case RawFloat64:
-			if !isFloat {
-				fl = float64(raw)
-			}
 			binary.BigEndian.PutUint64(be, math.Float64bits(fl))
 		}
 	}
 	// Reorder from big-endian to the field's wire order (the permutations are
 	// their own inverses).
-	var buf [2 * MaxReadRegisters]byte
-	wire := be
-	if f.Type != RawString {
-		wire = f.toBigEndian(be, buf[:])
-	} else if f.Order.swapBytes() {
-		wire = f.toBigEndian(be, buf[:])
+	var wire [8]byte
+	return appendWords(dst, f.toBigEndian(be, wire[:])), nil
+}
+
+func appendWords(dst []uint16, b []byte) []uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		dst = append(dst, binary.BigEndian.Uint16(b[i:]))
 	}
-	out := make([]uint16, f.Registers)
-	for i := range out {
-		out[i] = binary.BigEndian.Uint16(wire[2*i:])
-	}
-	return out, nil
+	return dst
 }
 
 // EncodeBit sets or clears the field's bit in register w (type bit only).

@@ -231,3 +231,25 @@ func TestDecimalScaling(t *testing.T) {
 		t.Errorf("float32 0.96 decoded as %v, want 0.96", got.F)
 	}
 }
+
+func TestEncodeModbusStringOrders(t *testing.T) {
+	for _, o := range []ByteOrder{ABCD, CDAB, BADC, DCBA} {
+		f := mustField(t, Field{Name: "s", Table: Holding, Type: RawString, Length: 3, Order: o})
+		regs, err := f.EncodeModbus(StringValue("v1.2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.DecodeModbus(words(regs...), 0)
+		if err != nil || got.S != "v1.2" {
+			t.Errorf("%s: round trip gave %v, %v", o, got, err)
+		}
+	}
+}
+
+func TestAppendModbusAllocs(t *testing.T) {
+	f := mustField(t, Field{Name: "x", Table: Holding, Type: RawFloat32, Order: CDAB})
+	dst := make([]uint16, 0, 8)
+	if n := testing.AllocsPerRun(100, func() { dst, _ = f.AppendModbus(dst[:0], FloatValue(1.5)) }); n != 0 {
+		t.Errorf("AppendModbus allocates %v times", n)
+	}
+}
