@@ -102,12 +102,11 @@ func (d *Device) commit(wall int64, eff *faults.Effects) []error {
 		case f.Type == devices.RawBit:
 			d.words[base] = f.EncodeBit(d.words[base], v.Bool())
 		default:
-			regs, err := f.EncodeModbus(v)
-			if err != nil {
+			// Encode in place: no allocation per field per tick.
+			if _, err := f.AppendModbus(d.words[base:base], v); err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			copy(d.words[base:], regs)
 		}
 		d.last[i], d.enc[i] = v, true
 	}
