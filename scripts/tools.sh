@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what citygw's demo and tests run against, if missing:
-#   - Mosquitto (broker + clients), mbpoll (Modbus client) and python3-pymodbus
-#     (Modbus server) from Debian's apt;
+#   - Mosquitto (broker + clients), mbpoll (Modbus client), python3-pymodbus
+#     (Modbus server) and socat (serial pty pairs for RTU tests) from Debian's apt;
 #   - InfluxDB 1.8.10 built from its Go module into $CITYGW_TOOLS
 #     (default ~/.cache/citygw/bin), about a minute, cached afterwards.
 # Safe to run again: it only installs what is not there.
@@ -15,6 +15,7 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v mbpoll >/dev/null 2>&1 || need_apt+=(mbpoll)
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)   # pty pairs for the Modbus RTU tests
 /usr/bin/python3 -c 'import pymodbus' >/dev/null 2>&1 || need_apt+=(python3-pymodbus)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   SUDO=""
@@ -23,7 +24,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 else
-  step "mosquitto, mbpoll, pymodbus: present"
+  step "mosquitto, mbpoll, pymodbus, socat: present"
 fi
 
 # go install leaves no version in the binary ("vunknown"): a stamp file records it.
