@@ -73,8 +73,7 @@ func (r *Request) CaseKey() string {
 // client (Source "client") or made by the desk itself when it closes a
 // request (Source "desk").
 type Update struct {
-	ID                 string    `json:"update_id"`                  // the desk's id, returned to the client
-	ClientUpdateID     string    `json:"client_update_id,omitempty"` // the update_id the client posted (dedup key)
+	ID                 string    `json:"update_id"` // the client's update_id (the dedup key), or "desk-N" for the desk's own
 	RequestID          string    `json:"service_request_id"`
 	Status             string    `json:"status"` // upper case, as posted
 	UpdatedAt          time.Time `json:"updated_datetime"`
@@ -108,7 +107,7 @@ type Desk struct {
 	mu            sync.Mutex
 	requests      map[string]*Request
 	tokens        map[string]string // token → request id
-	clientUpdates map[string]string // client update_id → request id
+	clientUpdates map[string]string // client update_id → service_request_id
 	webhooks      map[string]*WebhookDelivery
 	idem          map[string]*idemRecord
 	fault         Fault
@@ -193,8 +192,8 @@ func (d *Desk) load() error {
 			d.tokens[r.Token] = r.ID
 		}
 		for _, u := range r.Updates {
-			if u.ClientUpdateID != "" {
-				d.clientUpdates[u.ClientUpdateID] = r.ID
+			if u.Source == "client" {
+				d.clientUpdates[u.ID] = r.ID
 			}
 		}
 		return nil
@@ -328,7 +327,7 @@ func (d *Desk) deskUpdate(id, status, notes string) error {
 	}
 	now := d.cfg.Now().UTC()
 	c := cloneRequest(r)
-	c.Updates = append(c.Updates, Update{ID: strconv.FormatUint(n, 10), RequestID: id, Status: status,
+	c.Updates = append(c.Updates, Update{ID: "desk-" + strconv.FormatUint(n, 10), RequestID: id, Status: status,
 		UpdatedAt: now, ReceivedAt: now, Description: notes, Source: "desk"})
 	applyStatus(&c, status, notes)
 	c.UpdatedAt = now

@@ -170,8 +170,8 @@ pre{background:#f7f7f7;padding:.6em;overflow:auto}
 {{range .Attributes}}<tr><th>attribute[{{index . 0}}]</th><td>{{index . 1}}</td></tr>{{end}}
 </table>
 {{with .Request}}<h2>Updates</h2>
-{{if .Updates}}<table><tr><th>Received</th><th>update_id</th><th>Client id</th><th>Status</th><th>Source</th><th>Description</th></tr>
-{{range .Updates}}<tr><td>{{ts .ReceivedAt}}</td><td>{{.ID}}</td><td>{{.ClientUpdateID}}</td><td>{{.Status}}</td><td>{{.Source}}</td><td>{{.Description}}</td></tr>{{end}}
+{{if .Updates}}<table><tr><th>Received</th><th>update_id</th><th>Status</th><th>Source</th><th>Description</th></tr>
+{{range .Updates}}<tr><td>{{ts .ReceivedAt}}</td><td>{{.ID}}</td><td>{{.Status}}</td><td>{{.Source}}</td><td>{{.Description}}</td></tr>{{end}}
 </table>{{else}}<p class="muted">none</p>{{end}}{{end}}
 {{if .Messages}}<h2>Webhook messages</h2>
 {{range .Messages}}<h3>{{.ID}} <span class="muted">{{ts .ReceivedAt}}{{with .Case.Type}} · {{.}}{{end}}{{if .Duplicates}} · {{.Duplicates}} duplicate deliveries{{end}}{{with .IdempotencyKey}} · Idempotency-Key {{.}}{{end}}</span></h3>

@@ -1,6 +1,7 @@
 package casedesk
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -30,12 +31,16 @@ func (d *Desk) apiError(w http.ResponseWriter, r *http.Request, code int, format
 // respond writes a JSON answer, after any fault that holds back or replaces
 // the answer of a request that has been handled (see Fault).
 func (d *Desk) respond(w http.ResponseWriter, r *http.Request, code int, v any) {
-	body, err := json.Marshal(v)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(v)
+	body := buf.Bytes()
 	if err != nil {
 		d.log.Error("encoding an answer", "path", r.URL.Path, "error", err)
-		code, body = http.StatusInternalServerError, []byte(`[{"code":500,"description":"encoding the answer failed"}]`)
+		code, body = http.StatusInternalServerError, []byte(`[{"code":500,"description":"encoding the answer failed"}]`+"\n")
 	}
-	d.respondRaw(w, r, code, "application/json; charset=utf-8", append(body, '\n'), nil)
+	d.respondRaw(w, r, code, "application/json; charset=utf-8", body, nil)
 }
 
 func (d *Desk) respondRaw(w http.ResponseWriter, r *http.Request, code int, ctype string, body []byte, hdr http.Header) {
@@ -478,30 +483,22 @@ func (d *Desk) handlePostUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if owner, dup := d.clientUpdates[cid]; dup {
-		var deskID string
-		for _, u := range d.requests[owner].Updates {
-			if u.ClientUpdateID == cid {
-				deskID = u.ID
-			}
-		}
 		d.mu.Unlock()
 		if owner != rid {
 			d.apiError(w, r, http.StatusBadRequest, "update_id %q was already used for service request %s", cid, owner)
 			return
 		}
 		d.log.Info("duplicate update acknowledged", "service_request_id", rid, "update_id", cid)
-		d.respond(w, r, http.StatusOK, []map[string]string{{"update_id": deskID}})
+		d.respond(w, r, http.StatusOK, []map[string]string{{"update_id": cid}})
 		return
 	}
-	n, err := d.st.next(keyUpdateSeq)
-	if err != nil {
+	if strings.HasPrefix(cid, "desk-") {
 		d.mu.Unlock()
-		d.log.Error("assigning an update id", "error", err)
-		d.apiError(w, r, http.StatusInternalServerError, "storing the update failed")
+		d.apiError(w, r, http.StatusBadRequest, "update_id %q: the desk- prefix is reserved for the desk's own updates", cid)
 		return
 	}
 	now := d.cfg.Now().UTC()
-	u := Update{ID: strconv.FormatUint(n, 10), ClientUpdateID: cid, RequestID: rid, Status: status, UpdatedAt: at,
+	u := Update{ID: cid, RequestID: rid, Status: status, UpdatedAt: at,
 		ReceivedAt: now, Description: desc, MediaURL: get("media_url"), ExternalStatusCode: get("external_status_code"), Source: "client"}
 	c := cloneRequest(req)
 	c.Updates = append(c.Updates, u)
@@ -517,7 +514,7 @@ func (d *Desk) handlePostUpdate(w http.ResponseWriter, r *http.Request) {
 	*req = c
 	d.clientUpdates[cid] = rid
 	d.mu.Unlock()
-	d.log.Info("update received", "service_request_id", rid, "update_id", u.ID, "client_update_id", cid,
+	d.log.Info("update received", "service_request_id", rid, "update_id", cid,
 		"status", status, "on_closed_request", wasClosed)
 	d.respond(w, r, http.StatusOK, []map[string]string{{"update_id": u.ID}})
 }

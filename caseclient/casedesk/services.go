@@ -66,54 +66,61 @@ const (
 	AttrSeverity      = "severity"
 )
 
-// commonAttributes are the attributes every built-in service defines.
+// commonAttributes are the attributes every built-in service defines: the
+// ones citygw's case client sends (caseclient/open311.go).
 func commonAttributes() []Attribute {
-	return []Attribute{
-		{Variable: true, Code: AttrCaseKey, Datatype: DatatypeString, Required: true, Order: 1,
-			Description: "Case key: stable identity of the anomaly episode (rule, group, episode start)"},
-		{Variable: true, Code: "asset_id", Datatype: DatatypeString, Order: 2, Description: "Asset id in the gateway inventory"},
-		{Variable: true, Code: AttrComponentCode, Datatype: DatatypeString, Order: 3,
-			DatatypeDescription: "16 digits: district(6) class(2) subclass(2) serial(6)", Description: "Component (部件) code"},
-		{Variable: true, Code: "grid_code", Datatype: DatatypeString, Order: 4, Description: "Unit-grid cell code"},
-		{Variable: true, Code: "district", Datatype: DatatypeString, Order: 5, Description: "District code (GB/T 2260)"},
-		{Variable: true, Code: "rule_id", Datatype: DatatypeString, Order: 6, Description: "Rule that found the anomaly"},
-		{Variable: true, Code: AttrSeverity, Datatype: DatatypeSingleValueList, Order: 7, Description: "Severity",
-			Values: []AttributeValue{{"critical", "Critical"}, {"major", "Major"}, {"minor", "Minor"}, {"warning", "Warning"}, {"info", "Info"}}},
-		{Variable: true, Code: "first_seen", Datatype: DatatypeDatetime, Order: 8, Description: "When the anomaly was first seen"},
-		{Variable: true, Code: "deadline", Datatype: DatatypeDatetime, Order: 9, Description: "Handling deadline"},
-		{Variable: true, Code: "evidence", Datatype: DatatypeText, Order: 10, Description: "Readings and thresholds that fired the rule"},
+	str := func(order int, code, desc string) Attribute {
+		return Attribute{Variable: true, Code: code, Datatype: DatatypeString, Order: order, Description: desc}
 	}
+	attrs := []Attribute{
+		{Variable: true, Code: AttrCaseKey, Datatype: DatatypeString, Required: true, Order: 1,
+			Description: "Case key: stable identity of the anomaly episode (and re-open generation)"},
+		str(2, "episode_id", "Anomaly episode id"),
+		{Variable: true, Code: "case_type", Datatype: DatatypeSingleValueList, Order: 3, Description: "Case type",
+			Values: []AttributeValue{{"component", "部件 component"}, {"event", "事件 event"}}},
+		str(4, "major_class", "Major class code (2 digits)"),
+		str(5, "sub_class", "Subclass code (2 digits)"),
+		{Variable: true, Code: AttrComponentCode, Datatype: DatatypeString, Order: 6,
+			DatatypeDescription: "16 digits: district(6) class(2) subclass(2) serial(6)", Description: "Component (部件) code"},
+		str(7, "grid", "Unit-grid cell code"),
+		str(8, "district", "District code (GB/T 2260)"),
+		{Variable: true, Code: AttrSeverity, Datatype: DatatypeSingleValueList, Order: 9, Description: "Severity",
+			Values: []AttributeValue{{"critical", "Critical"}, {"major", "Major"}, {"minor", "Minor"}, {"warning", "Warning"}, {"info", "Info"}}},
+		str(10, "rule", "Rule that found the anomaly"),
+		{Variable: true, Code: "first_seen", Datatype: DatatypeDatetime, Order: 11, Description: "When the anomaly was first seen"},
+		str(12, "deadline", "Handling deadline, such as \"2 working days\""),
+		str(13, "department", "Responsible department"),
+		str(14, "reopens", "Case key of the case this one re-opens"),
+		str(15, "telemetry_url", "Link to the asset's telemetry"),
+	}
+	return attrs
 }
 
-// DefaultServices is the built-in services list, aligned with the service
-// codes the shipped rules (configs/rules) and city code tables use.
+// DefaultServices is the built-in services list: the Open311 service codes
+// of the demo city's code table (configs/citycodes.yaml, service_codes
+// default), each with the attributes citygw's case client sends.
 func DefaultServices() []Service {
-	type s struct{ code, name, group, agency, typ string }
+	type s struct{ code, name, group, agency, desc string }
 	list := []s{
-		{"streetlight_fault", "路灯故障 Streetlight fault", "streetlight", "路灯管理所", TypeRealtime},
-		{"streetlight_circuit_fault", "路灯回路故障 Streetlight circuit fault", "streetlight", "路灯管理所", TypeRealtime},
-		{"streetlight_damage", "路灯损坏 Streetlight damaged", "streetlight", "路灯管理所", TypeRealtime},
-		{"streetlight_leakage", "路灯漏电 Streetlight leakage current", "streetlight", "路灯管理所", TypeRealtime},
-		{"cabinet_fault", "路灯箱变故障 Lighting cabinet fault", "streetlight", "路灯管理所", TypeRealtime},
-		{"gas_pressure_abnormal", "燃气压力异常 Gas pressure abnormal", "gas", "燃气公司", TypeRealtime},
-		{"gas_leak", "燃气泄漏 Gas leak", "gas", "燃气公司", TypeRealtime},
-		{"gas_supply_interrupted", "燃气供应中断 Gas supply interrupted", "gas", "燃气公司", TypeRealtime},
-		{"gas_station_intrusion", "燃气调压站闯入 Gas station intrusion", "gas", "燃气公司", TypeRealtime},
-		{"facility_intrusion", "设施非法开启 Facility intrusion", "facilities", "城管执法", TypeRealtime},
-		{"bin_overflow", "垃圾满溢 Bin overflowing", "environment", "环卫所", TypeRealtime},
-		{"bin_fire", "垃圾箱起火 Bin fire", "environment", "环卫所", TypeRealtime},
-		{"bin_damage", "垃圾箱损坏 Bin damaged", "environment", "环卫所", TypeRealtime},
-		{"bin_damaged", "垃圾箱损坏 Bin damaged", "environment", "环卫所", TypeRealtime},
-		{"sensor_maintenance", "传感器维护 Sensor maintenance", "facilities", "设备维护", TypeRealtime},
-		{"device_offline", "设备离线 Device offline", "facilities", "设备维护", TypeRealtime},
+		{"SL-FAULT", "路灯故障 streetlight fault", "streetlight", "区市政照明管理所", "Lamp dark at night, lit by day or drawing abnormal current"},
+		{"SL-CIRCUIT", "路灯回路断电 streetlight circuit outage", "streetlight", "区市政照明管理所", "Most lamps of a circuit dark, or the cabinet without power"},
+		{"SL-LEAK", "路灯配电箱漏电 streetlight cabinet earth leakage", "streetlight", "区市政照明管理所", "Cabinet earth-leakage current above 30 mA"},
+		{"SL-POLE", "灯杆倾斜破损 streetlight pole tilted or damaged", "streetlight", "区市政照明管理所", "Pole tilted more than 10° or tilt alarm"},
+		{"FAC-DOOR", "设施箱门异常打开 facility door opened", "facilities", "设施权属单位", "Cabinet or station door opened outside maintenance"},
+		{"DEV-OFFLINE", "监测设备离线 monitoring device offline", "facilities", "城市运行管理中心物联网运维组", "Monitoring terminal silent for too long"},
+		{"GAS-PRESSURE", "调压站压力异常 gas station pressure abnormal", "gas", "燃气公司调度中心", "Outlet pressure out of band or falling fast"},
+		{"GAS-LEAK", "燃气泄漏 gas leak", "gas", "燃气公司抢修中心", "Methane at the station reached the 20 % LEL alarm"},
+		{"GAS-VALVE", "调压站切断阀异常关闭 gas station shut-off valve closed", "gas", "燃气公司调度中心", "Shut-off valve closed without pressure or leak alarm"},
+		{"BIN-FULL", "垃圾满溢 overflowing bin", "environment", "区绿化市容局环卫所", "Bin fill level at 90 % and staying"},
+		{"BIN-FIRE", "垃圾箱起火 bin fire", "environment", "区绿化市容局环卫所", "Bin temperature above 70 °C or rising fast"},
+		{"BIN-DAMAGE", "垃圾箱倾倒破损 bin knocked over or damaged", "environment", "区绿化市容局环卫所", "Bin tilted more than 45° and staying"},
+		{"SENSOR-MAINT", "监测设备需维护 sensor maintenance", "facilities", "城市运行管理中心物联网运维组", "Sensor battery below 15 %"},
 	}
 	out := make([]Service, 0, len(list))
 	for _, e := range list {
 		out = append(out, Service{
-			Code: e.code, Name: e.name, Group: e.group, Type: e.typ, Agency: e.agency,
-			Description: e.name + " (auto-detected by citygw)",
-			Keywords:    []string{e.group, "citygw"},
-			Attributes:  commonAttributes(),
+			Code: e.code, Name: e.name, Group: e.group, Type: TypeRealtime, Agency: e.agency,
+			Description: e.desc, Keywords: []string{e.group, "citygw"}, Attributes: commonAttributes(),
 		})
 	}
 	return out
