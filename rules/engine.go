@@ -16,6 +16,7 @@ import (
 	"github.com/citygw/citygw/devices/yamlconf"
 	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Sink receives episode transitions. The case client implements it; it is
@@ -213,6 +214,8 @@ type Engine struct {
 	assets []assetState
 	pool   sync.Pool
 	start  int64
+
+	budgetLog atomic.Int64 // last over-budget log line, unix ns
 
 	fmu    sync.RWMutex
 	firing map[string]map[string]map[string]string // rule -> group key -> group labels
@@ -429,6 +432,15 @@ func (e *Engine) Load(files ...string) error {
 	return nil
 }
 
+// counterValue reads a counter's value for a log line.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil || m.Counter == nil {
+		return 0
+	}
+	return m.Counter.GetValue()
+}
+
 // Reload loads the files of the last successful Load again.
 func (e *Engine) Reload() error {
 	set := e.set.Load()
@@ -515,7 +527,10 @@ func (e *Engine) Eval(ctx context.Context, r *devices.Reading) {
 	e.m.dur.Observe(d.Seconds())
 	if e.opts.EvalBudget > 0 && d > e.opts.EvalBudget {
 		e.m.overBudget.Inc()
-		e.log.Warn("rule evaluation over budget", "asset", a.ID, "kind", a.Kind, "rules", n, "took", d, "budget", e.opts.EvalBudget)
+		if now, last := time.Now().UnixNano(), e.budgetLog.Load(); now-last >= int64(e.opts.LogEvery) && e.budgetLog.CompareAndSwap(last, now) {
+			e.log.Warn("rule evaluation over budget", "asset", a.ID, "kind", a.Kind, "rules", n, "took", d,
+				"budget", e.opts.EvalBudget, "total_over_budget", counterValue(e.m.overBudget))
+		}
 	}
 	if len(c.out) > 0 {
 		out := append([]Transition(nil), c.out...)
