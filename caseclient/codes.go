@@ -108,11 +108,11 @@ type Service struct {
 	Sub        string            `yaml:"sub,omitempty" json:"sub,omitempty"`
 	Title      Name              `yaml:"name" json:"name"`
 	ClassName  Name              `yaml:"class_name,omitempty" json:"class_name,omitempty"` // major class name, e.g. 市容环境
-	Condition  string            `yaml:"condition" json:"condition"`                         // case-creation condition (立案条件)
-	DeadlineS  string            `yaml:"deadline" json:"-"`                                  // handling deadline (处置时限)
-	Closure    string            `yaml:"closure" json:"closure"`                             // closure condition (结案条件)
-	Department string            `yaml:"department" json:"department"`                       // responsible unit (责任单位)
-	Codes      map[string]string `yaml:"service_codes" json:"-"`                             // Open311 service_code per sink name; "default" for the rest
+	Condition  string            `yaml:"condition" json:"condition"`                       // case-creation condition (立案条件)
+	DeadlineS  string            `yaml:"deadline" json:"-"`                                // handling deadline (处置时限)
+	Closure    string            `yaml:"closure" json:"closure"`                           // closure condition (结案条件)
+	Department string            `yaml:"department" json:"department"`                     // responsible unit (责任单位)
+	Codes      map[string]string `yaml:"service_codes" json:"-"`                           // Open311 service_code per sink name; "default" for the rest
 
 	Deadline Deadline `yaml:"-" json:"-"`
 	File     string   `yaml:"-" json:"-"`

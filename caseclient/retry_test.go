@@ -45,9 +45,9 @@ func TestParseRetryAfter(t *testing.T) {
 		{"soon", 0},
 		{"Thu, 26 Nov 2026 06:00:30 GMT", 30 * time.Second},
 		{"Thursday, 26-Nov-26 06:01:00 GMT", time.Minute}, // RFC 850
-		{"Thu Nov 26 06:00:10 2026", 10 * time.Second},      // asctime
-		{"Thu, 26 Nov 2026 05:59:00 GMT", 0},                // past
-		{"999999999", 24 * time.Hour},                       // capped
+		{"Thu Nov 26 06:00:10 2026", 10 * time.Second},    // asctime
+		{"Thu, 26 Nov 2026 05:59:00 GMT", 0},              // past
+		{"999999999", 24 * time.Hour},                     // capped
 	}
 	for _, c := range cases {
 		if got := ParseRetryAfter(c.in, now); got != c.want {

@@ -1,0 +1,288 @@
+package caseclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// open311Sink speaks Open311 GeoReport v2 with the mySociety
+// servicerequestupdates extension.
+type open311Sink struct {
+	cfg   SinkConfig
+	codes *CodeTable
+	hc    *http.Client
+	now   func() time.Time
+}
+
+// request is an Open311 service request record (GET /requests.json).
+type request struct {
+	ID          idString `json:"service_request_id"`
+	Status      string   `json:"status"`
+	StatusNotes string   `json:"status_notes"`
+	ServiceCode string   `json:"service_code"`
+	Description string   `json:"description"`
+	Requested   string   `json:"requested_datetime"`
+	Updated     string   `json:"updated_datetime"`
+	Lat         float64  `json:"lat"`
+	Long        float64  `json:"long"`
+}
+
+// idString reads an id the case system may send as a string or a number.
+type idString string
+
+func (s *idString) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	switch v := v.(type) {
+	case string:
+		*s = idString(v)
+	case float64:
+		*s = idString(strconv.FormatFloat(v, 'f', -1, 64))
+	case nil:
+		*s = ""
+	default:
+		return fmt.Errorf("id: unexpected JSON %s", b)
+	}
+	return nil
+}
+
+func (o *open311Sink) url(path string, q url.Values) string {
+	u := strings.TrimRight(o.cfg.URL, "/") + path
+	if o.cfg.Jurisdiction != "" {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("jurisdiction_id", o.cfg.Jurisdiction)
+	}
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+func (o *open311Sink) serviceCode(service string) string {
+	if s := o.codes.Service(service); s != nil {
+		return s.ServiceCode(o.cfg.Name)
+	}
+	return ""
+}
+
+// form builds the POST /requests.json body of an open operation.
+func (o *open311Sink) form(c *Case) url.Values {
+	f := url.Values{}
+	f.Set("api_key", string(o.cfg.APIKey))
+	if o.cfg.Jurisdiction != "" {
+		f.Set("jurisdiction_id", o.cfg.Jurisdiction)
+	}
+	f.Set("service_code", o.serviceCode(c.Service))
+	f.Set("lat", strconv.FormatFloat(c.Lat, 'f', 7, 64))
+	f.Set("long", strconv.FormatFloat(c.Lon, 'f', 7, 64))
+	f.Set("description", c.Text())
+	if len(c.Assets) > 0 {
+		f.Set("device_id", c.Assets[0])
+	}
+	attr := func(k, v string) {
+		if v != "" {
+			f.Set("attribute["+k+"]", v)
+		}
+	}
+	attr("case_key", c.Key)
+	attr("episode_id", c.EpisodeID)
+	attr("case_type", c.Type)
+	attr("major_class", c.Major)
+	attr("sub_class", c.Sub)
+	attr("component_code", c.ComponentCode)
+	attr("grid", c.Grid)
+	attr("district", c.District)
+	attr("severity", c.Severity)
+	attr("rule", c.Rule)
+	attr("first_seen", c.FirstSeen.Format(time.RFC3339))
+	attr("deadline", c.Deadline)
+	attr("department", c.Department)
+	attr("reopens", c.Reopens)
+	attr("telemetry_url", c.Telemetry)
+	return f
+}
+
+func (o *open311Sink) post(ctx context.Context, path string, form url.Values) (*http.Response, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.url(path, nil), strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+	req.Header.Set("Accept", "application/json")
+	return do(o.hc, req)
+}
+
+func (o *open311Sink) get(ctx context.Context, path string, q url.Values, v any) result {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.url(path, q), nil)
+	if err != nil {
+		return result{permanent: true, reason: "request", msg: err.Error()}
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, body, err := do(o.hc, req)
+	if err != nil {
+		r := transportFailure(err)
+		r.ambiguous = false
+		return r
+	}
+	if resp.StatusCode != http.StatusOK {
+		r := statusFailure(resp, body, o.now())
+		r.ambiguous = false
+		return r
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return result{reason: "bad_response", msg: fmt.Sprintf("decoding %s: %v", path, err)}
+	}
+	return result{ok: true}
+}
+
+func (o *open311Sink) deliver(ctx context.Context, op *op, sc *sinkCase) result {
+	switch op.Kind {
+	case opOpen:
+		return o.open(ctx, op)
+	default:
+		return o.update(ctx, op, sc)
+	}
+}
+
+// open posts a new request; after an ambiguous attempt it first looks the
+// request up by its case key so that a timeout never makes a duplicate.
+func (o *open311Sink) open(ctx context.Context, op *op) result {
+	c := op.Case
+	if op.Ambiguous {
+		id, r := o.find(ctx, c, op.Enqueued)
+		if !r.ok {
+			r.reason = "reconcile_" + r.reason
+			return r
+		}
+		if id != "" {
+			return result{ok: true, id: id, reason: "reconciled"}
+		}
+	}
+	resp, body, err := o.post(ctx, "/requests.json", o.form(c))
+	if err != nil {
+		return transportFailure(err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return statusFailure(resp, body, o.now())
+	}
+	var out []struct {
+		ID    idString `json:"service_request_id"`
+		Token idString `json:"token"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		// Accepted, but we cannot read the answer: look it up next time.
+		return result{reason: "bad_response", msg: fmt.Sprintf("decoding the POST answer: %v", err), ambiguous: true}
+	}
+	r := result{ok: true, reason: "ok"}
+	if len(out) > 0 {
+		r.id, r.token = string(out[0].ID), string(out[0].Token)
+	}
+	return r
+}
+
+// find looks for the request of case c at the case system: requests of its
+// service code since shortly before the op was queued, whose description
+// carries the case key.
+func (o *open311Sink) find(ctx context.Context, c *Case, since time.Time) (string, result) {
+	q := url.Values{}
+	q.Set("service_code", o.serviceCode(c.Service))
+	q.Set("start_date", since.Add(-10*time.Minute).UTC().Format(time.RFC3339))
+	q.Set("end_date", o.now().Add(10*time.Minute).UTC().Format(time.RFC3339))
+	var reqs []request
+	if r := o.get(ctx, "/requests.json", q, &reqs); !r.ok {
+		return "", r
+	}
+	tag := keyTag(c.Key)
+	for _, rq := range reqs {
+		if strings.Contains(rq.Description, tag) {
+			return string(rq.ID), result{ok: true}
+		}
+	}
+	return "", result{ok: true}
+}
+
+// update posts a mySociety servicerequestupdate. The case must have a
+// service_request_id; after an ambiguous attempt the updates are read back
+// first (update_id is the op's stable key).
+func (o *open311Sink) update(ctx context.Context, op *op, sc *sinkCase) result {
+	if sc == nil || sc.ID == "" {
+		return result{reason: "no_request_id", msg: "the case system has not given the case an id yet"}
+	}
+	if op.Ambiguous {
+		q := url.Values{}
+		q.Set("start_date", op.Enqueued.Add(-10*time.Minute).UTC().Format(time.RFC3339))
+		q.Set("end_date", o.now().Add(10*time.Minute).UTC().Format(time.RFC3339))
+		var ups []struct {
+			UpdateID idString `json:"update_id"`
+		}
+		if r := o.get(ctx, "/servicerequestupdates.json", q, &ups); !r.ok {
+			r.reason = "reconcile_" + r.reason
+			return r
+		}
+		for _, u := range ups {
+			if string(u.UpdateID) == op.ID {
+				return result{ok: true, reason: "reconciled"}
+			}
+		}
+	}
+	f := url.Values{}
+	f.Set("api_key", string(o.cfg.APIKey))
+	if o.cfg.Jurisdiction != "" {
+		f.Set("jurisdiction_id", o.cfg.Jurisdiction)
+	}
+	f.Set("service_request_id", sc.ID)
+	f.Set("update_id", op.ID)
+	f.Set("status", "OPEN") // the gateway never closes a case: verification is the case system's
+	f.Set("updated_datetime", op.At.UTC().Format(time.RFC3339))
+	f.Set("description", truncate(keyTag(sc.Key)+" "+op.Text, maxDescription))
+	resp, body, err := o.post(ctx, "/servicerequestupdates.json", f)
+	if err != nil {
+		return transportFailure(err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return statusFailure(resp, body, o.now())
+	}
+	return result{ok: true, reason: "ok"}
+}
+
+// resolveToken reads a batch token's service_request_id ("" while pending).
+func (o *open311Sink) resolveToken(ctx context.Context, token string) (string, result) {
+	var out []struct {
+		ID    idString `json:"service_request_id"`
+		Token idString `json:"token"`
+	}
+	if r := o.get(ctx, "/tokens/"+url.PathEscape(token)+".json", nil, &out); !r.ok {
+		return "", r
+	}
+	if len(out) == 0 {
+		return "", result{ok: true}
+	}
+	return string(out[0].ID), result{ok: true}
+}
+
+// status reads a request's status record.
+func (o *open311Sink) status(ctx context.Context, id string) (*request, result) {
+	var raw json.RawMessage
+	if r := o.get(ctx, "/requests/"+url.PathEscape(id)+".json", nil, &raw); !r.ok {
+		return nil, r
+	}
+	var list []request
+	if err := json.Unmarshal(raw, &list); err != nil || len(list) == 0 {
+		var one request
+		if err2 := json.Unmarshal(raw, &one); err2 != nil {
+			return nil, result{reason: "bad_response", msg: "decoding the request status"}
+		}
+		return &one, result{ok: true}
+	}
+	return &list[0], result{ok: true}
+}
