@@ -23,6 +23,7 @@ var (
 var (
 	keyRequestSeq = []byte("request_seq")
 	keyUpdateSeq  = []byte("update_seq")
+	keyWebhookSeq = []byte("webhook_seq")
 )
 
 // store is the desk's persistence: a bbolt file in the desk directory. Every

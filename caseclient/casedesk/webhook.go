@@ -2,6 +2,7 @@ package casedesk
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -20,6 +21,7 @@ import (
 // WebhookDelivery is one accepted webhook message (one webhook-id).
 type WebhookDelivery struct {
 	ID             string          `json:"webhook_id"`
+	Seq            uint64          `json:"seq"`               // arrival order
 	Timestamp      time.Time       `json:"webhook_timestamp"` // of the accepted attempt
 	ReceivedAt     time.Time       `json:"received_at"`
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`
@@ -56,10 +58,7 @@ func (d *Desk) Webhooks() []WebhookDelivery {
 		out = append(out, c)
 	}
 	slices.SortFunc(out, func(a, b WebhookDelivery) int {
-		if c := a.ReceivedAt.Compare(b.ReceivedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
+		return cmp.Compare(a.Seq, b.Seq)
 	})
 	return out
 }
@@ -293,7 +292,12 @@ func (d *Desk) acceptWebhook(r *http.Request, id string, sent time.Time, key str
 	if json.Compact(&compact, body) == nil {
 		payload = compact.Bytes()
 	}
-	wd := &WebhookDelivery{ID: id, Timestamp: sent.UTC(), ReceivedAt: d.cfg.Now().UTC(), IdempotencyKey: key,
+	seq, err := d.st.next(keyWebhookSeq)
+	if err != nil {
+		d.log.Error("numbering a webhook", "error", err)
+		return http.StatusInternalServerError, answerJSON(webhookError{"storing the message failed"})
+	}
+	wd := &WebhookDelivery{ID: id, Seq: seq, Timestamp: sent.UTC(), ReceivedAt: d.cfg.Now().UTC(), IdempotencyKey: key,
 		ContentType: r.Header.Get("Content-Type"), UserAgent: r.Header.Get("User-Agent"),
 		Payload: payload, Case: extractCase(body)}
 	if err := d.st.put(bucketWebhooks, id, wd); err != nil {
