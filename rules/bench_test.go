@@ -118,3 +118,40 @@ func BenchmarkEvalParallel(b *testing.B) {
 		b.ReportMetric(float64(b.N)*float64(kindRules)/sec, "evals/s")
 	}
 }
+
+// BenchmarkEvalComparisons is 250 streetlight rules without arithmetic (field
+// comparisons, windows, sun and time helpers): what remains per reading is
+// the boxing of the reading's fields and aggregates, once per reading, so
+// allocations do not grow with the number of rules.
+func BenchmarkEvalComparisons(b *testing.B) {
+	cat := testCatalog(b)
+	inv := testInventory(b, cat, 4)
+	tpls := []string{`current_a < 0.0%d`, `is_dark() && !relay_on && dim_level > %d`, `avg(current_a, "10m") > 5.%d`,
+		`voltage_v > 260 + %d || tilt_alarm`, `between("01:00", "05:00") && power_w > 1%d`}
+	var sb strings.Builder
+	sb.WriteString("rules:\n")
+	for i := 0; i < 250; i++ {
+		fmt.Fprintf(&sb, "  - id: bench.c%d\n    kind: streetlight\n    when: '%s'\n    severity: minor\n    case: {service: s, title: t}\n",
+			i, fmt.Sprintf(tpls[i%len(tpls)], i))
+	}
+	e, _ := newTestEngine(b, Options{Location: time.UTC}, inv, cat, writeRules(b, b.TempDir(), "r.yaml", sb.String()))
+	a := inv.Lookup("L1")
+	t0 := time.Date(2026, 6, 21, 4, 0, 0, 0, time.UTC)
+	r := reading(b, a, t0, map[string]any{"relay_on": true, "current_a": 0.43, "voltage_v": 230.0,
+		"dim_level": 100, "power_w": 99.0, "tilt_alarm": false})
+	ctx := context.Background()
+	for i := 0; i < 100; i++ {
+		r.Time = t0.Add(time.Duration(i) * time.Second)
+		e.Eval(ctx, r)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r.Time = t0.Add(time.Duration(100+i) * time.Second)
+		e.Eval(ctx, r)
+	}
+	b.StopTimer()
+	if sec := b.Elapsed().Seconds(); sec > 0 {
+		b.ReportMetric(float64(b.N)*250/sec, "evals/s")
+	}
+}
