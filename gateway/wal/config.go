@@ -71,7 +71,8 @@ type Config struct {
 	// max-body-size, 25MB by default).
 	MaxBatchLines int      `yaml:"max_batch_lines,omitempty"`
 	MaxBatchBytes ByteSize `yaml:"max_batch_bytes,omitempty"`
-	// MaxRecordBytes is the largest line accepted, default 1MiB.
+	// MaxRecordBytes is the largest line accepted, default 1MiB (at most
+	// SegmentBytes).
 	MaxRecordBytes ByteSize `yaml:"max_record_bytes,omitempty"`
 	// LogInterval is how often dropped points and a full disk are logged,
 	// default 10s.
@@ -126,7 +127,7 @@ func (c *Config) setDefaults() {
 		c.MaxBatchBytes = 16 << 20
 	}
 	if c.MaxRecordBytes <= 0 {
-		c.MaxRecordBytes = 1 << 20
+		c.MaxRecordBytes = min(1<<20, c.SegmentBytes)
 	}
 }
 

@@ -34,16 +34,17 @@ var (
 
 // appendRecord appends one record holding payload, stamped t, to dst.
 func appendRecord(dst []byte, t int64, payload []byte) []byte {
-	var h [headerSize]byte
-	copy(h[:4], magic[:])
-	binary.LittleEndian.PutUint32(h[4:8], uint32(len(payload)))
-	binary.LittleEndian.PutUint64(h[12:20], uint64(t))
+	start := len(dst)
+	dst = append(dst, magic[:]...)
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(payload)))
+	dst = append(dst, 0, 0, 0, 0)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(t))
+	dst = append(dst, payload...)
+	h := dst[start:]
 	crc := crc32.Update(0, castagnoli, h[4:8])
-	crc = crc32.Update(crc, castagnoli, h[12:20])
-	crc = crc32.Update(crc, castagnoli, payload)
+	crc = crc32.Update(crc, castagnoli, h[12:])
 	binary.LittleEndian.PutUint32(h[8:12], crc)
-	dst = append(dst, h[:]...)
-	return append(dst, payload...)
+	return dst
 }
 
 func recordSize(payload int) int64 { return int64(headerSize + payload) }
@@ -71,8 +72,7 @@ func decodeRecord(buf []byte, maxLen int) (payload []byte, t int64, n int, err e
 		return nil, 0, 0, errShort
 	}
 	crc := crc32.Update(0, castagnoli, buf[4:8])
-	crc = crc32.Update(crc, castagnoli, buf[12:20])
-	crc = crc32.Update(crc, castagnoli, buf[headerSize:n])
+	crc = crc32.Update(crc, castagnoli, buf[12:n])
 	if crc != binary.LittleEndian.Uint32(buf[8:12]) {
 		return nil, 0, 0, errCorrupt
 	}
