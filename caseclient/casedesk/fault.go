@@ -1,6 +1,7 @@
 package casedesk
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -54,9 +55,8 @@ type Fault struct {
 // or numbers of seconds.
 type faultJSON struct {
 	fault
-	RetryAfter any  `json:"retry_after,omitempty"`
-	Delay      any  `json:"delay,omitempty"`
-	Remaining  *int `json:"remaining,omitempty"`
+	RetryAfter any `json:"retry_after,omitempty"`
+	Delay      any `json:"delay,omitempty"`
 }
 
 type fault Fault
@@ -76,7 +76,9 @@ func (f Fault) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON reads durations as strings ("500ms", "2s") or seconds.
 func (f *Fault) UnmarshalJSON(data []byte) error {
 	var j faultJSON
-	if err := json.Unmarshal(data, &j); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
 		return err
 	}
 	var err error
