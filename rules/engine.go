@@ -773,8 +773,14 @@ func (e *Engine) silenced(sl *Silence, cr *compiledRule, s *series) bool {
 
 // transition builds the sink's view of a state change.
 func (e *Engine) transition(cr *compiledRule, s *series, from, to State, now time.Time, reason string) Transition {
+	assets := s.memberIDs(e.inv)
+	if len(assets) == 0 {
+		assets = s.assets // cleared: the assets of the episode
+	} else if to != Inactive {
+		s.assets = assets
+	}
 	t := Transition{EpisodeID: s.id, Rule: cr.id(), Kind: cr.kind, GroupKey: s.key, GroupLabels: s.labels,
-		Assets: s.memberIDs(e.inv), From: from, To: to, Reason: reason, Time: now, Start: s.activeAt,
+		Assets: assets, From: from, To: to, Reason: reason, Time: now, Start: s.activeAt,
 		Severity: cr.spec.Severity, Shadow: cr.spec.Shadow, Values: s.values, Thresholds: cr.thresholds,
 		Service: cr.spec.Case.Service}
 	if cr.groups != nil {
@@ -907,7 +913,10 @@ func (e *Engine) Tick(ctx context.Context, now time.Time) {
 	out := append([]Transition(nil), c.out...)
 	c.release()
 	e.pool.Put(c)
-	if len(out) > 0 || len(e.retry) > 0 {
+	e.emitMu.Lock()
+	retry := len(e.retry) > 0
+	e.emitMu.Unlock()
+	if len(out) > 0 || retry {
 		e.emit(ctx, out, set)
 	}
 }

@@ -68,7 +68,7 @@ func TestTransitionsCarryEvidence(t *testing.T) {
 			t.Errorf("transition %d: episode %s start %s, want %s start 1m", i, tr.EpisodeID, tr.Start, id)
 		}
 		if tr.Rule != "cabinet.leak" || tr.GroupKey != "CAB0" || tr.Service != "leak" || tr.Severity != "critical" ||
-			tr.Labels["team"] != "lighting" || strings.Join(tr.Assets, ",") != "CAB0" && tr.To != Inactive {
+			tr.Labels["team"] != "lighting" || strings.Join(tr.Assets, ",") != "CAB0" {
 			t.Errorf("transition %d: bad identity %+v", i, tr)
 		}
 	}

@@ -109,6 +109,7 @@ type series struct {
 	muted      string
 	title      string
 	desc       string
+	assets     []string // the assets at the last notified pending/firing
 }
 
 // ruleState is a rule's series; it moves to the new compiled rule on a
