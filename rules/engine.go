@@ -404,6 +404,11 @@ func (e *Engine) Load(files ...string) error {
 			if cr == nil {
 				e.m.health.DeleteLabelValues(prev.id())
 				e.m.errs.DeleteLabelValues(prev.id())
+				if e.db != nil {
+					if err := e.db.deleteRule(prev.id()); err != nil {
+						e.log.Error("dropping state of a removed rule", "rule", prev.id(), "err", err)
+					}
+				}
 			}
 		}
 	}

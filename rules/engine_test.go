@@ -416,3 +416,40 @@ func TestNewEngineRejectsBadState(t *testing.T) {
 		t.Fatal("corrupt state file accepted")
 	}
 }
+
+func TestRemovedRuleIsNotResolvedTwiceAcrossRestart(t *testing.T) {
+	cat := testCatalog(t)
+	inv := testInventory(t, cat, 1)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state.db")
+	door := "rules:\n  - id: cabinet.door\n    kind: cabinet\n    when: door_open\n    severity: minor\n    case: {service: s, title: t}\n"
+	f := writeRules(t, dir, "r.yaml", leakRule)
+	sink := &memSink{}
+	e1, err := NewEngine(Options{Sink: sink, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e1.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	feedLeak(t, e1, "CAB0", 0, 40, 40, 40)
+	writeRules(t, dir, "r.yaml", door)
+	if err := e1.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if ts := sink.take(); len(ts) != 3 || ts[2].Reason != "rule_removed" {
+		t.Fatalf("got %+v", ts)
+	}
+	e1.Close()
+	e2, err := NewEngine(Options{Sink: sink, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	if err := e2.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	if ts := sink.take(); len(ts) != 0 {
+		t.Fatalf("the removed rule's episode was resolved again after restart: %+v", ts)
+	}
+}

@@ -120,6 +120,10 @@ func (d *stateDB) saveRule(cr *compiledRule, inv *devices.Inventory) error {
 	})
 }
 
+func (d *stateDB) deleteRule(id string) error {
+	return d.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRules).Delete([]byte(id)) })
+}
+
 func (d *stateDB) saveSeen(seen map[string]int64) error {
 	data, err := json.Marshal(seen)
 	if err != nil {
@@ -139,6 +143,7 @@ func (e *Engine) restore(cr *compiledRule, rec *ruleRecord) {
 			}
 		}
 		s.rep = e.inv.Lookup(sr.Rep)
+		s.assets = sr.Members
 		if s.labels == nil {
 			s.labels = map[string]string{"asset": s.key}
 		}
@@ -166,7 +171,7 @@ func (e *Engine) endRecord(id string, rec *ruleRecord, cr *compiledRule, now tim
 		out = append(out, t)
 	}
 	if e.db != nil {
-		if err := e.db.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRules).Delete([]byte(id)) }); err != nil {
+		if err := e.db.deleteRule(id); err != nil {
 			e.log.Error("dropping persisted rule state", "rule", id, "err", err)
 		}
 	}
