@@ -221,7 +221,7 @@ func (c *Client) settle(s *sinkRT, o *op, r result, now time.Time) {
 			c.log.Error("moving a case operation to the dead letters", "sink", name, "op", o.ID, "err", err)
 			return
 		}
-		if !r.gone && r.reason != "undeliverable" {
+		if !r.gone && r.reason != "gone" && r.reason != "undeliverable" {
 			s.br.Success() // the sink answered; it is up
 		}
 		delete(c.pending, o.Seq)
@@ -229,7 +229,7 @@ func (c *Client) settle(s *sinkRT, o *op, r result, now time.Time) {
 		c.dead++
 		c.m.dead.Set(float64(c.dead))
 		reason := "rejected"
-		if r.gone || r.reason == "undeliverable" {
+		if r.gone || r.reason == "gone" || r.reason == "undeliverable" {
 			reason = r.reason
 		}
 		c.m.failed.WithLabelValues(name, reason).Inc()

@@ -144,8 +144,13 @@ func startClient(t *testing.T, cfg Config) *running {
 
 func newClient(t *testing.T, cfg Config) *running {
 	t.Helper()
+	return newClientWithCodes(t, cfg, testCodes(t))
+}
+
+func newClientWithCodes(t *testing.T, cfg Config, codes *CodeTable) *running {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	c, err := New(cfg, testCodes(t), testInventory(t), reg, testLog(t).With("component", "caseclient"))
+	c, err := New(cfg, codes, testInventory(t), reg, testLog(t).With("component", "caseclient"))
 	if err != nil {
 		t.Fatal(err)
 	}
