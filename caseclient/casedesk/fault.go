@@ -21,6 +21,9 @@ const (
 	Fault503  = "503"  // answer 503 Service Unavailable with Retry-After
 	FaultSlow = "slow" // handle the request, then hold the answer back for Delay
 	FaultDrop = "drop" // close the connection without answering
+	// Any other HTTP status from 300 to 599 ("408", "410", "502", "302", …)
+	// is answered the same way as 500; 3xx carry a Location the client must
+	// not follow.
 )
 
 // Endpoint groups a fault can be limited to.
@@ -42,7 +45,7 @@ const (
 // stored.
 type Fault struct {
 	Mode           string        `json:"mode"`
-	RetryAfter     time.Duration `json:"-"`                          // 429/503: Retry-After, sent in whole seconds (rounded up); 0 sends none
+	RetryAfter     time.Duration `json:"-"`                          // status faults: Retry-After, sent in whole seconds (rounded up); 0 sends none
 	RetryAfterDate bool          `json:"retry_after_date,omitempty"` // send Retry-After as an HTTP-date instead of seconds
 	Delay          time.Duration `json:"-"`                          // slow: how long the answer is held back
 	Count          int           `json:"count,omitempty"`            // how many calls fail; 0 = until cleared
@@ -120,13 +123,15 @@ func jsonDuration(name string, v any) (time.Duration, error) {
 // Check reports what is wrong with a fault.
 func (f Fault) Check() error {
 	switch f.Mode {
-	case "", FaultNone, Fault500, Fault429, Fault503, FaultDrop:
+	case "", FaultNone, FaultDrop:
 	case FaultSlow:
 		if f.Delay <= 0 {
 			return fmt.Errorf("fault slow needs a delay")
 		}
 	default:
-		return fmt.Errorf("unknown fault mode %q (none, 500, 429, 503, slow, drop)", f.Mode)
+		if c, err := strconv.Atoi(f.Mode); err != nil || c < 300 || c > 599 || len(f.Mode) != 3 {
+			return fmt.Errorf("unknown fault mode %q (none, slow, drop, or an HTTP status 300-599 such as 500, 429, 503)", f.Mode)
+		}
 	}
 	if f.Count < 0 {
 		return fmt.Errorf("negative fault count")
@@ -225,21 +230,22 @@ func (d *Desk) afterHandling(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (d *Desk) failNow(w http.ResponseWriter, r *http.Request, f Fault) {
-	switch f.Mode {
-	case FaultDrop:
+	if f.Mode == FaultDrop {
 		dropConnection(w)
 		return
-	case Fault429, Fault503:
-		if f.RetryAfter > 0 {
-			if f.RetryAfterDate {
-				w.Header().Set("Retry-After", d.cfg.Now().Add(f.RetryAfter).UTC().Format(http.TimeFormat))
-			} else {
-				secs := int((f.RetryAfter + time.Second - 1) / time.Second)
-				w.Header().Set("Retry-After", strconv.Itoa(secs))
-			}
+	}
+	if f.RetryAfter > 0 {
+		if f.RetryAfterDate {
+			w.Header().Set("Retry-After", d.cfg.Now().Add(f.RetryAfter).UTC().Format(http.TimeFormat))
+		} else {
+			secs := int((f.RetryAfter + time.Second - 1) / time.Second)
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
 		}
 	}
 	code, _ := strconv.Atoi(f.Mode)
+	if code < 400 {
+		w.Header().Set("Location", "/moved-by-fault-injection")
+	}
 	body, _ := json.Marshal([]apiError{{Code: code, Description: "fault injected by the case desk: " + http.StatusText(code)}})
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(code)

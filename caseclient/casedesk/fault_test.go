@@ -24,6 +24,8 @@ func TestFaults(t *testing.T) {
 		{"429 date", Fault{Mode: Fault429, Count: 2, RetryAfter: 30 * time.Second, RetryAfterDate: true}, 429, "date", false},
 		{"503", Fault{Mode: Fault503, Count: 2, RetryAfter: 5 * time.Second}, 503, "5", false},
 		{"503 without Retry-After", Fault{Mode: Fault503, Count: 2}, 503, "", false},
+		{"410", Fault{Mode: "410", Count: 2}, 410, "", false},
+		{"502 with Retry-After", Fault{Mode: "502", Count: 2, RetryAfter: time.Second}, 502, "1", false},
 		{"drop", Fault{Mode: FaultDrop, Count: 2}, 0, "", false},
 		{"drop after handling", Fault{Mode: FaultDrop, Count: 2, AfterHandling: true}, 0, "", true},
 	}
@@ -185,7 +187,7 @@ func TestFaultJSON(t *testing.T) {
 			t.Errorf("%s: round trip: %v", a, err)
 		}
 	}
-	for _, f := range []Fault{{Mode: "418"}, {Mode: "slow"}, {Mode: "500", Count: -1}, {Mode: "500", Paths: []string{"html"}}} {
+	for _, f := range []Fault{{Mode: "200"}, {Mode: "600"}, {Mode: "+500"}, {Mode: "teapot"}, {Mode: "slow"}, {Mode: "500", Count: -1}, {Mode: "500", Paths: []string{"html"}}} {
 		if f.Check() == nil {
 			t.Errorf("%+v passed Check", f)
 		}

@@ -178,7 +178,7 @@ pre{background:#f7f7f7;padding:.6em;overflow:auto}
 <pre>{{pretty .Payload}}</pre>{{end}}{{end}}
 {{end}}{{else}}
 <h1>Case desk</h1>
-<p class="muted">{{len .Rows}} cases received (Open311 requests and webhook cases), newest first. Refreshes every 5 s.</p>
+<p class="muted">{{.Total}} cases received (Open311 requests and webhook cases), newest first{{if lt (len .Rows) .Total}}; the newest {{len .Rows}} shown{{end}}. Refreshes every 5 s. JSON: <a href="/_control/requests">requests</a>, <a href="/_control/webhooks">webhooks</a> (loopback only).</p>
 {{if .Rows}}<table>
 <tr><th>Received</th><th>Case</th><th>Channel</th><th>Status</th><th>Service</th><th>Case key</th><th>Title / description</th><th>Location</th><th>Updates</th></tr>
 {{range .Rows}}<tr>
@@ -195,8 +195,12 @@ type pageData struct {
 	Title   string
 	Refresh bool
 	Rows    []caseRow
+	Total   int
 	Case    *caseRow
 }
+
+// maxRows bounds the cases listed on the index page.
+const maxRows = 500
 
 func (d *Desk) renderPage(w http.ResponseWriter, code int, p pageData) {
 	var b bytes.Buffer
@@ -212,7 +216,12 @@ func (d *Desk) renderPage(w http.ResponseWriter, code int, p pageData) {
 
 // GET /
 func (d *Desk) handleIndex(w http.ResponseWriter, r *http.Request) {
-	d.renderPage(w, http.StatusOK, pageData{Title: "Case desk", Refresh: true, Rows: d.rows()})
+	rows := d.rows()
+	p := pageData{Title: "Case desk", Refresh: true, Rows: rows, Total: len(rows)}
+	if len(rows) > maxRows {
+		p.Rows = rows[:maxRows]
+	}
+	d.renderPage(w, http.StatusOK, p)
 }
 
 // GET /cases/{id}
