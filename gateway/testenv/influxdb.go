@@ -38,6 +38,22 @@ type InfluxDB struct {
 // database DefaultInfluxDB. The server is stopped when the test ends.
 func StartInfluxDB(t testing.TB) *InfluxDB {
 	t.Helper()
+	return StartInfluxDBWith(t, InfluxDBOptions{})
+}
+
+// InfluxDBOptions changes StartInfluxDBWith's server configuration.
+type InfluxDBOptions struct {
+	// MaxBodySize is [http] max-body-size in bytes: larger write bodies
+	// (after gzip decoding) get 413. 0: influxd's default, 25000000.
+	MaxBodySize int
+}
+
+// StartInfluxDBWith is StartInfluxDB with options.
+func StartInfluxDBWith(t testing.TB, opts InfluxDBOptions) *InfluxDB {
+	t.Helper()
+	if opts.MaxBodySize <= 0 {
+		opts.MaxBodySize = 25000000
+	}
 	bin := RequireTool(t, "influxd", InfluxDBInstall)
 	dir := t.TempDir()
 	db := &InfluxDB{Dir: dir, Port: FreePort(t), DB: DefaultInfluxDB, t: t, http: &http.Client{Timeout: 30 * time.Second}}
@@ -68,11 +84,12 @@ bind-address = "127.0.0.1:%d"
   log-enabled = false
   flux-enabled = true
   pprof-enabled = false
+  max-body-size = %d
 
 [logging]
   level = "warn"
   suppress-logo = true
-`, rpcPort, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), db.Port)
+`, rpcPort, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), db.Port, opts.MaxBodySize)
 	cfgFile := filepath.Join(dir, "influxdb.conf")
 	if err := os.WriteFile(cfgFile, []byte(conf), 0o644); err != nil {
 		t.Fatalf("writing influxd config: %v", err)
