@@ -1,6 +1,7 @@
 package influx
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -49,6 +51,16 @@ type WriterConfig struct {
 	MaxRetryAfter     yamlconf.Duration `yaml:"max_retry_after,omitempty"`     // cap on a server's Retry-After, default 5m
 	ShutdownGrace     yamlconf.Duration `yaml:"shutdown_grace,omitempty"`      // how long Run keeps writing after its context ends, default 10s
 	HealthInterval    yamlconf.Duration `yaml:"health_interval,omitempty"`     // ping InfluxDB when idle this long, default 10s
+	// DeadLetter is the file that points InfluxDB refuses for good are
+	// appended to, each run after a "# time HTTP status: message" comment
+	// line (the WAL's dir/dead_letter.lp); empty: they are only counted and
+	// logged.
+	DeadLetter string `yaml:"dead_letter,omitempty"`
+	// DisableGzip sends bodies uncompressed (gzip is on by default).
+	// influxd 1.8 enforces its max-body-size (413) only on uncompressed
+	// requests; proxies and InfluxDB 2.x enforce theirs on any.
+	DisableGzip        bool  `yaml:"disable_gzip,omitempty"`
+	DeadLetterMaxBytes int64 `yaml:"dead_letter_max_bytes,omitempty"` // default 64MiB; beyond it refused points are only counted
 }
 
 func (c *WriterConfig) setDefaults() {
@@ -70,6 +82,9 @@ func (c *WriterConfig) setDefaults() {
 	def(&c.MaxRetryAfter, 5*time.Minute)
 	def(&c.ShutdownGrace, 10*time.Second)
 	def(&c.HealthInterval, 10*time.Second)
+	if c.DeadLetterMaxBytes <= 0 {
+		c.DeadLetterMaxBytes = 64 << 20
+	}
 }
 
 // Stats is a snapshot of a Writer's counters.
@@ -104,6 +119,11 @@ type Writer struct {
 	lastErr   string
 	lastWrite time.Time
 	progress  chan struct{} // closed and replaced whenever a batch is finished
+
+	dlMu         sync.Mutex
+	dlFile       *os.File
+	dlSize       int64
+	dlFullLogged bool
 }
 
 type metrics struct {
@@ -185,7 +205,7 @@ func NewWriter(cfg WriterConfig, reg prometheus.Registerer, log *slog.Logger) (*
 		return nil, err
 	}
 	opts := influxdb2.DefaultOptions().
-		SetUseGZip(true).
+		SetUseGZip(!cfg.DisableGzip).
 		SetPrecision(time.Nanosecond).
 		SetHTTPRequestTimeout(uint((cfg.Timeout.D() + time.Second - 1) / time.Second)).
 		SetLogLevel(0). // errors only; this writer logs its own failures
@@ -311,37 +331,80 @@ func (w *Writer) drain(ctx context.Context, src BatchSource, stop func()) error 
 }
 
 // send writes one batch, retrying until InfluxDB answers for good or ctx
-// ends. It reports whether the batch was written (a partial write counts: the
-// rest was rejected for good).
+// ends. A permanent refusal (400, 413) splits the batch in halves, again and
+// again, so that only the points InfluxDB refuses on their own are
+// dead-lettered. It reports whether the batch was dealt with (written, or
+// partly written and the rest dead-lettered); false when ctx ended first.
 func (w *Writer) send(ctx context.Context, b *Batch) bool {
 	if b.Points == 0 {
 		return true
 	}
-	// One copy per batch: the client takes a string, and the gzip goroutine
-	// it starts may still read the body after a failed request returns.
-	body := string(b.Lines)
+	r := w.sendLines(ctx, b.Lines, b.Points, 0)
+	if !r.done {
+		w.finish(b.Points, r.written, r.rejected, b.Points-r.written-r.rejected)
+		w.log.Error("InfluxDB writer gave up on a batch at shutdown", "points", b.Points-r.written-r.rejected)
+		return false
+	}
+	if r.rejected > 0 {
+		w.setHealthy(true, r.msg) // keep the refusal as the last error
+	}
+	w.finish(b.Points, r.written, r.rejected, 0)
+	if r.rejected > 0 {
+		w.log.Error("InfluxDB refused points for good; they are dead-lettered",
+			"status", r.status, "error", r.msg, "points", b.Points, "rejected", r.rejected, "requests", r.requests,
+			"dead_letter", w.cfg.DeadLetter)
+	}
+	return true
+}
+
+// sendResult is what became of a run of lines.
+type sendResult struct {
+	written, rejected int
+	done              bool // false: ctx ended first
+	requests          int
+	status            int    // of the last refusal
+	msg               string // of the last refusal
+}
+
+func (r *sendResult) add(o sendResult) {
+	r.written += o.written
+	r.rejected += o.rejected
+	r.requests += o.requests
+	r.done = o.done
+	if o.msg != "" {
+		r.status, r.msg = o.status, o.msg
+	}
+}
+
+// sendLines writes points lines (whole lines), retrying failures; on a
+// permanent refusal it bisects. depth is the split level, for the log.
+func (w *Writer) sendLines(ctx context.Context, lines []byte, points, depth int) sendResult {
+	// One copy per request: the client takes a string, and the gzip
+	// goroutine it starts may still read the body after a failed request
+	// returns.
+	body := string(lines)
+	var res sendResult
 	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
-			w.finish(b.Points, 0, 0, b.Points)
-			w.log.Error("InfluxDB writer gave up on a batch at shutdown", "points", b.Points)
-			return false
+			return res
 		}
 		start := time.Now()
 		w.lastAttempt.Store(start.UnixNano())
 		err := w.api.WriteRecord(ctx, body)
+		res.requests++
 		w.m.duration.Observe(time.Since(start).Seconds())
 		if err == nil {
 			w.setHealthy(true, "")
-			w.m.batch.Observe(float64(b.Points))
+			w.m.batch.Observe(float64(points))
 			w.batches.Add(1)
-			w.finish(b.Points, b.Points, 0, 0)
 			if attempt > 0 {
-				w.log.Info("InfluxDB write succeeded after retries", "points", b.Points, "attempts", attempt+1)
+				w.log.Info("InfluxDB write succeeded after retries", "points", points, "attempts", attempt+1)
 			}
-			return true
+			res.written, res.done = points, true
+			return res
 		}
 		if ctx.Err() != nil {
-			continue // reported above, at the top of the loop
+			continue // reported by the caller
 		}
 		status, retryAfter, msg := classify(err)
 		code := "network"
@@ -351,14 +414,25 @@ func (w *Writer) send(ctx context.Context, b *Batch) bool {
 		w.m.errors.WithLabelValues(code).Inc()
 		w.errs.Add(1)
 		if permanent(status) {
-			failed := rejectedPoints(msg, b.Points)
-			w.setHealthy(true, msg) // reachable, but the batch failed
-			w.m.batch.Observe(float64(b.Points))
+			w.setHealthy(true, msg) // reachable, but the points were refused
+			w.m.batch.Observe(float64(points))
 			w.batches.Add(1)
-			w.finish(b.Points, b.Points-failed, failed, 0)
-			w.log.Error("InfluxDB rejected points; they are dropped",
-				"status", status, "error", msg, "points", b.Points, "rejected", failed)
-			return true
+			// Refused as a whole (one point, or a partial write that
+			// dropped every point): dead-letter it all. Else split.
+			if points == 1 || strings.Contains(msg, "partial write") && rejectedPoints(msg, points) == points && status != http.StatusRequestEntityTooLarge {
+				w.deadLetter(lines, status, msg)
+				res.rejected, res.done, res.status, res.msg = points, true, status, msg
+				return res
+			}
+			w.log.Debug("InfluxDB refused a batch; splitting it", "status", status, "error", msg, "points", points, "depth", depth)
+			half := points / 2
+			mid := lineOffset(lines, half)
+			res.add(w.sendLines(ctx, lines[:mid], half, depth+1))
+			if !res.done {
+				return res
+			}
+			res.add(w.sendLines(ctx, lines[mid:], points-half, depth+1))
+			return res
 		}
 		w.setHealthy(false, err.Error())
 		delay := w.backoff(attempt)
@@ -370,7 +444,7 @@ func (w *Writer) send(ctx context.Context, b *Batch) bool {
 			level = slog.LevelDebug
 		}
 		w.log.Log(ctx, level, "InfluxDB write failed; retrying",
-			"status", code, "error", msg, "points", b.Points, "attempt", attempt+1, "retry_in", delay)
+			"status", code, "error", msg, "points", points, "attempt", attempt+1, "retry_in", delay)
 		w.retries.Add(1)
 		w.m.retries.Inc()
 		t := time.NewTimer(delay)
@@ -380,6 +454,65 @@ func (w *Writer) send(ctx context.Context, b *Batch) bool {
 			t.Stop()
 		}
 	}
+}
+
+// lineOffset returns the offset in lines just after its n-th newline.
+func lineOffset(lines []byte, n int) int {
+	off := 0
+	for range n {
+		i := bytes.IndexByte(lines[off:], '\n')
+		if i < 0 {
+			return len(lines)
+		}
+		off += i + 1
+	}
+	return off
+}
+
+// deadLetter appends refused lines to the dead-letter file, after a comment
+// line with the time and the server's answer. Without a file, or once the
+// file has reached DeadLetterMaxBytes, the lines are only counted (and the
+// refusal logged by send).
+func (w *Writer) deadLetter(lines []byte, status int, msg string) {
+	if w.cfg.DeadLetter == "" {
+		return
+	}
+	w.dlMu.Lock()
+	defer w.dlMu.Unlock()
+	if w.dlFile == nil {
+		f, err := os.OpenFile(w.cfg.DeadLetter, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err != nil {
+			w.log.Error("cannot open the dead-letter file", "file", w.cfg.DeadLetter, "error", err)
+			return
+		}
+		st, err := f.Stat()
+		if err == nil {
+			w.dlSize = st.Size()
+		}
+		w.dlFile = f
+	}
+	comment := fmt.Sprintf("# %s InfluxDB HTTP %d: %s\n", time.Now().UTC().Format(time.RFC3339), status,
+		strings.Join(strings.Fields(msg), " "))
+	size := int64(len(comment) + len(lines) + 1)
+	if w.dlSize+size > int64(w.cfg.DeadLetterMaxBytes) {
+		if !w.dlFullLogged {
+			w.dlFullLogged = true
+			w.log.Error("dead-letter file is full; further refused points are only counted", "file", w.cfg.DeadLetter,
+				"max_bytes", w.cfg.DeadLetterMaxBytes)
+		}
+		return
+	}
+	buf := make([]byte, 0, size)
+	buf = append(buf, comment...)
+	buf = append(buf, lines...)
+	if len(lines) > 0 && lines[len(lines)-1] != '\n' {
+		buf = append(buf, '\n')
+	}
+	if _, err := w.dlFile.Write(buf); err != nil {
+		w.log.Error("cannot write the dead-letter file", "file", w.cfg.DeadLetter, "error", err)
+		return
+	}
+	w.dlSize += int64(len(buf))
 }
 
 // finish accounts for a batch that is done with.
@@ -562,5 +695,14 @@ func redactURL(s string) string {
 	return u.Redacted()
 }
 
-// Close releases the client's idle connections; call it after Run returned.
-func (w *Writer) Close() { w.client.Close() }
+// Close releases the client's idle connections and the dead-letter file;
+// call it after Run returned.
+func (w *Writer) Close() {
+	w.client.Close()
+	w.dlMu.Lock()
+	if w.dlFile != nil {
+		w.dlFile.Close()
+		w.dlFile = nil
+	}
+	w.dlMu.Unlock()
+}
