@@ -110,9 +110,16 @@ type Desk struct {
 	clientUpdates map[string]string // client update_id → service_request_id
 	webhooks      map[string]*WebhookDelivery
 	idem          map[string]*idemRecord
+	seq           map[string]uint64 // counters, as persisted
 	fault         Fault
 	faultUsed     int
 }
+
+// nextSeq returns the next value of a counter; the caller persists it with
+// its put and then calls setSeq.
+func (d *Desk) nextSeq(key []byte) counter { return counter{key, d.seq[string(key)] + 1} }
+
+func (d *Desk) setSeq(c counter) { d.seq[string(c.key)] = c.n }
 
 // New opens (or creates) the desk's store in cfg.Dir and loads what it holds.
 func New(cfg Config, log *slog.Logger) (*Desk, error) {
@@ -182,6 +189,10 @@ func ParseSecret(s string) ([]byte, error) {
 func (d *Desk) load() error {
 	d.requests, d.tokens, d.clientUpdates = map[string]*Request{}, map[string]string{}, map[string]string{}
 	d.webhooks, d.idem = map[string]*WebhookDelivery{}, map[string]*idemRecord{}
+	d.seq = map[string]uint64{}
+	for _, k := range [][]byte{keyRequestSeq, keyUpdateSeq, keyWebhookSeq} {
+		d.seq[string(k)] = d.st.counter(k)
+	}
 	err := d.st.each(bucketRequests, func(k string, data []byte) error {
 		var r Request
 		if err := json.Unmarshal(data, &r); err != nil {
@@ -321,19 +332,17 @@ func (d *Desk) deskUpdate(id, status, notes string) error {
 	if status != "REOPEN" && r.Status == "closed" {
 		return fmt.Errorf("service request %s is already closed", id)
 	}
-	n, err := d.st.next(keyUpdateSeq)
-	if err != nil {
-		return err
-	}
+	seq := d.nextSeq(keyUpdateSeq)
 	now := d.cfg.Now().UTC()
 	c := cloneRequest(r)
-	c.Updates = append(c.Updates, Update{ID: "desk-" + strconv.FormatUint(n, 10), RequestID: id, Status: status,
+	c.Updates = append(c.Updates, Update{ID: "desk-" + strconv.FormatUint(seq.n, 10), RequestID: id, Status: status,
 		UpdatedAt: now, ReceivedAt: now, Description: notes, Source: "desk"})
 	applyStatus(&c, status, notes)
 	c.UpdatedAt = now
-	if err := d.st.put(bucketRequests, id, &c); err != nil {
+	if err := d.st.put(bucketRequests, id, &c, seq); err != nil {
 		return err
 	}
+	d.setSeq(seq)
 	*r = c
 	d.log.Info("request status changed by the desk", "service_request_id", id, "status", status)
 	return nil

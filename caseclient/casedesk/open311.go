@@ -190,27 +190,22 @@ func (d *Desk) handlePostRequest(w http.ResponseWriter, r *http.Request) {
 	req.Attributes = attrs
 
 	d.mu.Lock()
-	n, err := d.st.next(keyRequestSeq)
-	if err != nil {
-		d.mu.Unlock()
-		d.log.Error("assigning a request id", "error", err)
-		d.apiError(w, r, http.StatusInternalServerError, "storing the request failed")
-		return
-	}
+	seq := d.nextSeq(keyRequestSeq)
 	now := d.cfg.Now().UTC().Truncate(time.Second)
-	req.ID = strconv.FormatUint(1000+n, 10)
+	req.ID = strconv.FormatUint(1000+seq.n, 10)
 	req.RequestedAt, req.UpdatedAt = now, now
 	req.ServiceNotice = fmt.Sprintf("Received by the case desk; handled by %s.", orDefault(svc.Agency, "the responsible department"))
 	if svc.Type == TypeBatch {
 		req.Token = randomToken()
 		req.ResolvesAt = now.Add(d.cfg.TokenDelay)
 	}
-	if err := d.st.put(bucketRequests, req.ID, &req); err != nil {
+	if err := d.st.put(bucketRequests, req.ID, &req, seq); err != nil {
 		d.mu.Unlock()
 		d.log.Error("storing a request", "error", err)
 		d.apiError(w, r, http.StatusInternalServerError, "storing the request failed")
 		return
 	}
+	d.setSeq(seq)
 	d.requests[req.ID] = &req
 	if req.Token != "" {
 		d.tokens[req.Token] = req.ID

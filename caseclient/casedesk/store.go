@@ -3,6 +3,7 @@ package casedesk
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,13 +62,32 @@ func openStore(dir string) (*store, error) {
 
 func (s *store) close() error { return s.db.Close() }
 
-// put writes one JSON value.
-func (s *store) put(bucket []byte, key string, v any) error {
+// errClosed is returned by a closed store.
+var errClosed = errors.New("the case desk is closed")
+
+// counter is a persistent counter's new value, written with a put.
+type counter struct {
+	key []byte
+	n   uint64
+}
+
+// put writes one JSON value and any counters in one transaction.
+func (s *store) put(bucket []byte, key string, v any, counters ...counter) error {
+	if s == nil {
+		return errClosed
+	}
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encoding %s/%s: %w", bucket, key, err)
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		for _, c := range counters {
+			var buf [8]byte
+			binary.BigEndian.PutUint64(buf[:], c.n)
+			if err := tx.Bucket(bucketMeta).Put(c.key, buf[:]); err != nil {
+				return err
+			}
+		}
 		return tx.Bucket(bucket).Put([]byte(key), data)
 	})
 	if err != nil {
@@ -76,13 +96,16 @@ func (s *store) put(bucket []byte, key string, v any) error {
 	return nil
 }
 
-// del removes one value.
-func (s *store) del(bucket []byte, key string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(key)) })
-	if err != nil {
-		return fmt.Errorf("deleting %s/%s: %w", bucket, key, err)
-	}
-	return nil
+// counter reads a persistent counter (0 when never written).
+func (s *store) counter(key []byte) uint64 {
+	var n uint64
+	s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(key); len(v) == 8 {
+			n = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	})
+	return n
 }
 
 // each decodes every value of a bucket with fn.
@@ -97,27 +120,11 @@ func (s *store) each(bucket []byte, fn func(key string, data []byte) error) erro
 	})
 }
 
-// next increments and returns a persistent counter.
-func (s *store) next(key []byte) (uint64, error) {
-	var n uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketMeta)
-		if v := b.Get(key); len(v) == 8 {
-			n = binary.BigEndian.Uint64(v)
-		}
-		n++
-		var buf [8]byte
-		binary.BigEndian.PutUint64(buf[:], n)
-		return b.Put(key, buf[:])
-	})
-	if err != nil {
-		return 0, fmt.Errorf("advancing counter %s: %w", key, err)
-	}
-	return n, nil
-}
-
 // clear empties every bucket except the counters, so ids are never reused.
 func (s *store) clear() error {
+	if s == nil {
+		return errClosed
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if string(b) == string(bucketMeta) {

@@ -292,18 +292,15 @@ func (d *Desk) acceptWebhook(r *http.Request, id string, sent time.Time, key str
 	if json.Compact(&compact, body) == nil {
 		payload = compact.Bytes()
 	}
-	seq, err := d.st.next(keyWebhookSeq)
-	if err != nil {
-		d.log.Error("numbering a webhook", "error", err)
-		return http.StatusInternalServerError, answerJSON(webhookError{"storing the message failed"})
-	}
-	wd := &WebhookDelivery{ID: id, Seq: seq, Timestamp: sent.UTC(), ReceivedAt: d.cfg.Now().UTC(), IdempotencyKey: key,
+	seq := d.nextSeq(keyWebhookSeq)
+	wd := &WebhookDelivery{ID: id, Seq: seq.n, Timestamp: sent.UTC(), ReceivedAt: d.cfg.Now().UTC(), IdempotencyKey: key,
 		ContentType: r.Header.Get("Content-Type"), UserAgent: r.Header.Get("User-Agent"),
 		Payload: payload, Case: extractCase(body)}
-	if err := d.st.put(bucketWebhooks, id, wd); err != nil {
+	if err := d.st.put(bucketWebhooks, id, wd, seq); err != nil {
 		d.log.Error("storing a webhook", "error", err)
 		return http.StatusInternalServerError, answerJSON(webhookError{"storing the message failed"})
 	}
+	d.setSeq(seq)
 	d.webhooks[id] = wd
 	d.log.Info("webhook received", "webhook_id", id, "type", wd.Case.Type, "case_key", wd.Case.Key)
 	return http.StatusOK, answerJSON(webhookAnswer{"accepted", id})

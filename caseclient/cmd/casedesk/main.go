@@ -71,7 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		dir        = fs.String("dir", "", "`directory` for the desk's data (casedesk.db); created if missing (required)")
 		keyFile    = fs.String("api-key-file", "", "`file` of accepted Open311 api_key values, one per line (# comments)")
 		secretFile = fs.String("webhook-secret-file", "", "`file` of accepted webhook secrets (whsec_...), one per line")
-		services   = fs.String("services", "", "YAML `file` with the Open311 services list (default: the built-in list matching configs/rules)")
+		services   = fs.String("services", "", "YAML `file` with the Open311 services list (default: the built-in list, the Open311 codes of configs/citycodes.yaml)")
 		jurisdict  = fs.String("jurisdiction", "", "jurisdiction_id this desk serves (optional; another one is answered 404)")
 		tolerance  = fs.Duration("webhook-tolerance", 5*time.Minute, "accepted difference between webhook-timestamp and the desk's clock")
 		tokenDelay = fs.Duration("token-delay", 2*time.Second, "how long a batch service's token takes to resolve to a service_request_id")
