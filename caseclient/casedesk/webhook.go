@@ -331,7 +331,7 @@ func extractCase(body []byte) WebhookCase {
 	}
 	c.Key = str(m, "case_key", "key", "case_id", "id")
 	c.Title = str(m, "title", "summary")
-	c.Description = str(m, "description", "message")
+	c.Description = str(m, "description", "text", "message")
 	c.Status = str(m, "status", "state")
 	c.Service = str(m, "service_code", "service")
 	c.AssetID = str(m, "asset_id", "asset")

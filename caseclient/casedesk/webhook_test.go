@@ -259,3 +259,20 @@ func TestParseSecret(t *testing.T) {
 		}
 	}
 }
+
+// The case client's event shape (caseclient.WebhookEvent): the case under
+// data.case, the key and status under data, an update's text under data.text.
+func TestExtractCaseClientShape(t *testing.T) {
+	opened := extractCase([]byte(`{"type":"case.opened","timestamp":"2026-01-15T10:00:00Z","data":{"operation_id":"op1","case_key":"cgw-ep1","episode_id":"ep1","rule":"gas.leak","severity":"critical","case":{"key":"cgw-ep1","title":"燃气泄漏 GS-3","description":"Methane 25 %LEL","service":"gas_leak","lat":31.23,"long":121.47,"assets":["GS-3"]}}}`))
+	if opened.Type != "case.opened" || opened.Key != "cgw-ep1" || opened.Title != "燃气泄漏 GS-3" || opened.Description != "Methane 25 %LEL" ||
+		opened.Service != "gas_leak" || opened.Lat == nil || *opened.Lat != 31.23 || opened.Lon == nil || *opened.Lon != 121.47 {
+		t.Errorf("opened: %+v", opened)
+	}
+	cleared := extractCase([]byte(`{"type":"case.cleared","data":{"case_key":"cgw-ep1","status":"cleared","text":"anomaly cleared, awaiting verification"}}`))
+	if cleared.Key != "cgw-ep1" || cleared.Status != "cleared" || cleared.Description != "anomaly cleared, awaiting verification" || cleared.Lat != nil {
+		t.Errorf("cleared: %+v", cleared)
+	}
+	if c := extractCase([]byte(`[1,2]`)); c != (WebhookCase{}) {
+		t.Errorf("array payload: %+v", c)
+	}
+}
