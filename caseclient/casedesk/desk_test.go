@@ -2,10 +2,12 @@ package casedesk
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -238,5 +240,78 @@ func TestHTMLPages(t *testing.T) {
 	}
 	if code, _ := td.get("/cases/nope"); code != 404 {
 		t.Errorf("unknown case: %d", code)
+	}
+}
+
+// Concurrent clients: every request gets its own id, every update and
+// webhook is stored once.
+func TestConcurrentClients(t *testing.T) {
+	td := startDesk(t, "", nil)
+	const n = 16
+	ids := make(chan string, n)
+	errs := make(chan string, 3*n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.PostForm(td.srv.URL+"/requests.json", goodForm(fmt.Sprintf("k%d", i)))
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			code, body := readResp(t, resp)
+			var out []map[string]any
+			if code != 200 || json.Unmarshal([]byte(body), &out) != nil {
+				errs <- body
+				return
+			}
+			id := out[0]["service_request_id"].(string)
+			ids <- id
+			for range 2 { // the same update twice, concurrently with the others
+				resp, err := http.PostForm(td.srv.URL+"/servicerequestupdates.json", url.Values{"api_key": {testKey},
+					"service_request_id": {id}, "update_id": {"u-" + id}, "status": {"OPEN"},
+					"updated_datetime": {"2026-01-15T10:00:00Z"}, "description": {"x"}})
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				if code, body := readResp(t, resp); code != 200 {
+					errs <- body
+				}
+			}
+			if code, body, _ := td.sendHook(hook{id: fmt.Sprintf("m%d", i%4), body: caseBody}); code != 200 {
+				errs <- body
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	seen := map[string]bool{}
+	for id := range ids {
+		if seen[id] {
+			t.Errorf("id %s given twice", id)
+		}
+		seen[id] = true
+	}
+	reqs := td.Requests()
+	if len(reqs) != n || len(seen) != n {
+		t.Fatalf("%d requests stored, %d ids answered, want %d", len(reqs), len(seen), n)
+	}
+	for _, r := range reqs {
+		if len(r.Updates) != 1 {
+			t.Errorf("request %s has %d updates, want 1", r.ID, len(r.Updates))
+		}
+	}
+	dups := 0
+	for _, w := range td.Webhooks() {
+		dups += w.Duplicates
+	}
+	if w := td.Webhooks(); len(w) != 4 || dups != n-4 {
+		t.Errorf("%d webhooks with %d duplicates, want 4 and %d", len(w), dups, n-4)
 	}
 }

@@ -104,6 +104,7 @@ func DefaultServices() []Service {
 	list := []s{
 		{"SL-FAULT", "路灯故障 streetlight fault", "streetlight", "区市政照明管理所", "Lamp dark at night, lit by day or drawing abnormal current"},
 		{"SL-CIRCUIT", "路灯回路断电 streetlight circuit outage", "streetlight", "区市政照明管理所", "Most lamps of a circuit dark, or the cabinet without power"},
+		{"SL-POWERCUT", "区域路灯大面积停电 district streetlight power cut", "streetlight", "区市政照明管理所（会同供电公司）", "More than half the lamps of a district dark at night (grid outage)"},
 		{"SL-LEAK", "路灯配电箱漏电 streetlight cabinet earth leakage", "streetlight", "区市政照明管理所", "Cabinet earth-leakage current above 30 mA"},
 		{"SL-POLE", "灯杆倾斜破损 streetlight pole tilted or damaged", "streetlight", "区市政照明管理所", "Pole tilted more than 10° or tilt alarm"},
 		{"FAC-DOOR", "设施箱门异常打开 facility door opened", "facilities", "设施权属单位", "Cabinet or station door opened outside maintenance"},
