@@ -150,6 +150,7 @@ type metrics struct {
 	dur         prometheus.Histogram
 	health      *prometheus.GaugeVec
 	errs        *prometheus.CounterVec
+	skipped     *prometheus.CounterVec
 	loaded      prometheus.Gauge
 	lastOK      prometheus.Gauge
 	reloads     *prometheus.CounterVec
@@ -160,8 +161,9 @@ type metrics struct {
 }
 
 type ruleMetrics struct {
-	errs   prometheus.Counter
-	health prometheus.Gauge
+	errs    prometheus.Counter
+	skipped prometheus.Counter
+	health  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -177,6 +179,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "1 when the rule evaluated without run-time error within the health window, else 0."}, []string{"rule"}),
 		errs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_rule_eval_errors_total",
 			Help: "Run-time errors of rule expressions."}, []string{"rule"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_rule_skipped_total",
+			Help: "Evaluations skipped because the reading lacked a field the rule reads (a partial poll)."}, []string{"rule"}),
 		loaded: prometheus.NewGauge(prometheus.GaugeOpts{Name: "citygw_rules_loaded", Help: "Rules in the running set."}),
 		lastOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "citygw_rules_last_reload_success",
 			Help: "1 when the last (re)load of the rule files succeeded."}),
@@ -191,7 +195,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		sinkErrs: prometheus.NewCounter(prometheus.CounterOpts{Name: "citygw_rule_sink_errors_total",
 			Help: "Failed hand-overs of transitions to the sink (retried on the next tick)."}),
 	}
-	for _, c := range []prometheus.Collector{m.evals, m.readings, m.dur, m.health, m.errs, m.loaded, m.lastOK,
+	for _, c := range []prometheus.Collector{m.evals, m.readings, m.dur, m.health, m.errs, m.skipped, m.loaded, m.lastOK,
 		m.reloads, m.episodes, m.transitions, m.overBudget, m.sinkErrs} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering rule engine metrics: %w", err)
@@ -372,7 +376,7 @@ func (e *Engine) Load(files ...string) error {
 	old := e.set.Load()
 	var out []Transition
 	for _, cr := range set.rules {
-		cr.m = ruleMetrics{errs: e.m.errs.WithLabelValues(cr.id()), health: e.m.health.WithLabelValues(cr.id())}
+		cr.m = ruleMetrics{errs: e.m.errs.WithLabelValues(cr.id()), skipped: e.m.skipped.WithLabelValues(cr.id()), health: e.m.health.WithLabelValues(cr.id())}
 		cr.m.health.Set(1)
 		if old != nil {
 			if prev := old.byID[cr.id()]; prev != nil && prev.fingerprint == cr.fingerprint {
@@ -553,6 +557,10 @@ func (e *Engine) evalRule(cr *compiledRule, c *evalCtx, now time.Time) {
 	res, err := c.vm.Run(cr.prog, c.env)
 	cond := false
 	if err != nil {
+		if errors.Is(err, errIncomplete) {
+			cr.m.skipped.Inc()
+			return // state unchanged until a reading carries the fields
+		}
 		if !errors.Is(err, errNoData) {
 			e.ruleError(cr, c.asset, err)
 			return // state unchanged: an error says nothing about the condition

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/citygw/citygw/devices"
 )
 
 const leakRule = `rules:
@@ -271,11 +273,13 @@ func TestRunTimeErrorMarksRuleUnhealthyOnly(t *testing.T) {
     case: {service: s, title: t}
 `
 	e, reg := newTestEngine(t, Options{}, inv, cat, writeRules(t, t.TempDir(), "r.yaml", rules))
-	feedLeak(t, e, "CAB0", 0, 40, 40, 40) // va_v is not in these readings
+	feedLeak(t, e, "CAB0", 0, 40, 40, 40) // va_v is not in these readings: partial polls
 	if eps := e.Episodes(); len(eps) != 1 || eps[0].Rule != "cabinet.leak" {
 		t.Fatalf("the healthy rule stopped: %+v", eps)
 	}
-	for rule, want := range map[string]float64{"cabinet.bad": 0, "cabinet.missing": 0, "cabinet.leak": 1} {
+	// A field the asset's model reports but a reading lacks (a request of the
+	// poll failed) skips the rule; it is not the rule's fault.
+	for rule, want := range map[string]float64{"cabinet.bad": 0, "cabinet.missing": 1, "cabinet.leak": 1} {
 		if v := testutil.ToFloat64(e.m.health.WithLabelValues(rule)); v != want {
 			t.Errorf("health{%s} = %v, want %v", rule, v, want)
 		}
@@ -288,9 +292,53 @@ func TestRunTimeErrorMarksRuleUnhealthyOnly(t *testing.T) {
 # TYPE citygw_rule_eval_errors_total counter
 citygw_rule_eval_errors_total{rule="cabinet.bad"} 3
 citygw_rule_eval_errors_total{rule="cabinet.leak"} 0
-citygw_rule_eval_errors_total{rule="cabinet.missing"} 3
+citygw_rule_eval_errors_total{rule="cabinet.missing"} 0
 `), "citygw_rule_eval_errors_total"); err != nil {
 		t.Error(err)
+	}
+	if v := testutil.ToFloat64(e.m.skipped.WithLabelValues("cabinet.missing")); v != 3 {
+		t.Errorf("skipped{cabinet.missing} = %v, want 3", v)
+	}
+}
+
+// TestFieldTheModelLacksIsAnError: a kind with two models where one never
+// reports a field a rule reads: that rule is unhealthy for the other model's
+// assets (a rule or profile problem, unlike a partial reading).
+func TestFieldTheModelLacksIsAnError(t *testing.T) {
+	base := testCatalog(t)
+	lite, err := devices.ParseProfile("lite.yaml", []byte(`model: cabinet-lite
+kind: cabinet
+transport: modbus
+fields:
+  - {name: leakage_ma, table: input, address: 6, type: uint16, scale: 0.1}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var profiles []*devices.Profile
+	for _, p := range base.Profiles {
+		profiles = append(profiles, p)
+	}
+	cat, err := devices.NewCatalog(append(profiles, lite)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := devices.NewInventory(cat, []*devices.Asset{{ID: "CAB-LITE", Model: "cabinet-lite", Lat: 31.2, Lon: 121.5,
+		Modbus: &devices.ModbusAddr{Host: "10.0.0.1:502", Unit: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := newTestEngine(t, Options{}, inv, cat, writeRules(t, t.TempDir(), "r.yaml", `rules:
+  - id: cabinet.low_voltage
+    kind: cabinet
+    when: va_v < 100
+    severity: minor
+    case: {service: s, title: t}
+`))
+	a := inv.Lookup("CAB-LITE")
+	e.Eval(context.Background(), reading(t, a, time.Unix(1_700_000_000, 0), map[string]any{"leakage_ma": 1.5}))
+	if v := testutil.ToFloat64(e.m.health.WithLabelValues("cabinet.low_voltage")); v != 0 {
+		t.Errorf("health = %v, want 0: cabinet-lite never reports va_v", v)
 	}
 }
 

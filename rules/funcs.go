@@ -123,8 +123,14 @@ func (c *evalCtx) release() {
 	c.out = c.out[:0]
 }
 
+// errIncomplete is returned for a field the asset's model does report but
+// this reading lacks (a Modbus request of the poll failed, a payload left it
+// out): the rule cannot be judged on this reading, which says nothing about
+// the rule's health.
+var errIncomplete = errors.New("incomplete reading")
+
 // MissingFieldError is the run-time error of a rule reading a field the
-// reading does not carry.
+// asset's model never reports (a kind with several models): a rule problem.
 type MissingFieldError struct{ Field string }
 
 func (e *MissingFieldError) Error() string { return "field " + e.Field + " missing from the reading" }
@@ -152,7 +158,11 @@ func (c *evalCtx) field(i int) (any, error) {
 		if c.st != nil && c.st.lastNs == 0 {
 			return nil, errNoData // never reported (a Tick evaluation)
 		}
-		return nil, &MissingFieldError{c.ks.schema.Fields[i].Name}
+		name := c.ks.schema.Fields[i].Name
+		if c.asset != nil && c.asset.Profile != nil && c.asset.Profile.Field(name) != nil {
+			return nil, errIncomplete
+		}
+		return nil, &MissingFieldError{name}
 	}
 	b := box(v)
 	c.boxed[i], c.boxOK[i] = b, true
