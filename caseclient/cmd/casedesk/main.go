@@ -72,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		keyFile    = fs.String("api-key-file", "", "`file` of accepted Open311 api_key values, one per line (# comments)")
 		secretFile = fs.String("webhook-secret-file", "", "`file` of accepted webhook secrets (whsec_...), one per line")
 		services   = fs.String("services", "", "YAML `file` with the Open311 services list (default: the built-in list, the Open311 codes of configs/citycodes.yaml)")
+		cityCodes  = fs.String("citycodes", "", "city code `table` (configs/citycodes.yaml format) to take the services from: one per service_code")
+		sink       = fs.String("sink", "", "with -citycodes: only the service codes of this sink `name` (default: every sink's)")
 		jurisdict  = fs.String("jurisdiction", "", "jurisdiction_id this desk serves (optional; another one is answered 404)")
 		tolerance  = fs.Duration("webhook-tolerance", 5*time.Minute, "accepted difference between webhook-timestamp and the desk's clock")
 		tokenDelay = fs.Duration("token-delay", 2*time.Second, "how long a batch service's token takes to resolve to a service_request_id")
@@ -130,6 +132,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 		cfg.WebhookSecrets = append(cfg.WebhookSecrets, s...)
+	}
+	if *services != "" && *cityCodes != "" {
+		fmt.Fprintln(stderr, "casedesk: -services and -citycodes exclude each other")
+		return exitUsage
+	}
+	if *cityCodes != "" {
+		list, err := servicesFromCodeTable(*cityCodes, *sink)
+		if err != nil {
+			fmt.Fprintf(stderr, "casedesk: -citycodes: %v\n", err)
+			return exitUsage
+		}
+		cfg.Services = list
 	}
 	if *services != "" {
 		list, err := casedesk.LoadServices(*services)

@@ -155,6 +155,8 @@ func TestFlags(t *testing.T) {
 		{"missing key file", []string{"-dir", dir, "-api-key-file", filepath.Join(dir, "nope")}, exitUsage, "-api-key-file"},
 		{"bad secret", []string{"-dir", dir, "-api-key", "k", "-webhook-secret", "hunter2"}, exitUsage, "whsec_"},
 		{"bad services", []string{"-dir", dir, "-api-key-file", keyFile, "-services", badServices}, exitUsage, "services.yaml:1"},
+		{"services and citycodes", []string{"-dir", dir, "-api-key", "k", "-services", badServices, "-citycodes", "../../../configs/citycodes.yaml"}, exitUsage, "exclude"},
+		{"bad citycodes", []string{"-dir", dir, "-api-key", "k", "-citycodes", badServices}, exitUsage, "-citycodes"},
 		{"unknown flag", []string{"-colour"}, exitUsage, "flag provided but not defined"},
 		{"stray argument", []string{"-dir", dir, "-api-key", "k", "serve"}, exitUsage, "unexpected argument"},
 		{"bad listen", []string{"-dir", dir, "-api-key", "k", "-listen", "256.0.0.1:1"}, exitRuntime, "listening"},
@@ -171,5 +173,37 @@ func TestFlags(t *testing.T) {
 				t.Error("the bad secret was printed")
 			}
 		})
+	}
+}
+
+func TestServicesFromCodeTable(t *testing.T) {
+	const table = "../../../configs/citycodes.yaml"
+	if _, err := os.Stat(table); err != nil {
+		t.Skip(err)
+	}
+	list, err := servicesFromCodeTable(table, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byCode := map[string]casedesk.Service{}
+	for _, s := range list {
+		byCode[s.Code] = s
+	}
+	leak, ok := byCode["GAS-LEAK"]
+	if !ok || !strings.Contains(leak.Name, "燃气泄漏") || leak.Agency == "" || leak.Type != casedesk.TypeRealtime || len(leak.Attributes) == 0 {
+		t.Fatalf("GAS-LEAK from the table: %+v", leak)
+	}
+	// The desk accepts the list, and the built-in list has every code too.
+	if _, err := casedesk.New(casedesk.Config{Dir: t.TempDir(), APIKeys: []string{"k"}, Services: list}, nil); err != nil {
+		t.Fatal(err)
+	}
+	builtin := map[string]bool{}
+	for _, s := range casedesk.DefaultServices() {
+		builtin[s.Code] = true
+	}
+	for code := range byCode {
+		if !builtin[code] {
+			t.Errorf("built-in services lack %s", code)
+		}
 	}
 }
