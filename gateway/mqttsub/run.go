@@ -64,8 +64,9 @@ func (s *Subscriber) options() *mqtt.ClientOptions {
 		SetWriteTimeout(c.ConnectTimeout.D()).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(c.MaxReconnectInterval.D()).
-		SetConnectRetry(false). // the first connection is retried by connect, which logs why it failed
-		SetResumeSubs(false).   // we subscribe again on every connect
+		SetConnectRetry(false).          // the first connection is retried by connect, which logs why it failed
+		SetResumeSubs(false).            // we subscribe again on every connect
+		SetCustomOpenConnectionFn(dial). // buffered reads, see conn.go
 		SetDefaultPublishHandler(s.onMessage).
 		SetOnConnectHandler(s.onConnect).
 		SetConnectionLostHandler(s.onConnectionLost).

@@ -495,3 +495,16 @@ func TestNoLossAcrossPersistentBrokerRestart(t *testing.T) {
 	t.Logf("%d messages published across the restart, all %d arrived, %d duplicates, %d reconnects",
 		total, total, dups, s.Status().Reconnects)
 }
+
+// ws:// goes through the subscriber's own dialer too.
+func TestWebsockets(t *testing.T) {
+	m := testenv.StartMosquitto(t, testenv.WithWebsockets())
+	inv := testInventory(t, 1)
+	c := baseConfig(m, "gw-ws")
+	c.Broker = m.WSURL()
+	h := &recorder{}
+	s := startSub(t, c, inv, h)
+	waitFor(t, 10*time.Second, "subscribed over websockets", s.Connected)
+	publish(t, publisher(t, m, "pub-ws"), "city/bins/bin-0000/telemetry", binPayload(time.Now(), 33, 1))
+	waitFor(t, 10*time.Second, "a reading over websockets", func() bool { return h.count() == 1 })
+}

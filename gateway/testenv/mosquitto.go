@@ -29,6 +29,7 @@ type Mosquitto struct {
 
 	port     int
 	tlsPort  int
+	wsPort   int
 	user     string
 	password string
 	certs    *TestCerts
@@ -42,6 +43,7 @@ type mosquittoConfig struct {
 	user, password string
 	tls            bool
 	clientCerts    bool
+	websockets     bool
 	persistence    bool
 	extra          []string
 }
@@ -58,6 +60,12 @@ func WithPassword(user, password string) MosquittoOption {
 // certificate signed by that CA.
 func WithTLS(requireClientCert bool) MosquittoOption {
 	return func(c *mosquittoConfig) { c.tls, c.clientCerts = true, requireClientCert }
+}
+
+// WithWebsockets adds a plain MQTT-over-websockets listener on a third free
+// port (see Mosquitto.WSURL).
+func WithWebsockets() MosquittoOption {
+	return func(c *mosquittoConfig) { c.websockets = true }
 }
 
 // WithPersistence makes the broker save sessions and queued messages to its
@@ -129,6 +137,11 @@ func StartMosquitto(t testing.TB, opts ...MosquittoOption) *Mosquitto {
 			line("require_certificate true")
 		}
 	}
+	if cfg.websockets {
+		m.wsPort = FreePort(t)
+		line("listener %d 127.0.0.1", m.wsPort)
+		line("protocol websockets")
+	}
 	for _, l := range cfg.extra {
 		line("%s", l)
 	}
@@ -146,6 +159,9 @@ func (m *Mosquitto) wait() {
 	addrs := []string{m.Addr()}
 	if m.tlsPort != 0 {
 		addrs = append(addrs, m.TLSAddr())
+	}
+	if m.wsPort != 0 {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", m.wsPort))
 	}
 	for _, a := range addrs {
 		if err := WaitTCP(a, 10*time.Second); err != nil {
@@ -174,6 +190,15 @@ func (m *Mosquitto) TLSURL() string {
 		return ""
 	}
 	return "ssl://" + m.TLSAddr()
+}
+
+// WSURL is the websockets listener as a client URL: ws://127.0.0.1:port
+// ("" without WithWebsockets).
+func (m *Mosquitto) WSURL() string {
+	if m.wsPort == 0 {
+		return ""
+	}
+	return fmt.Sprintf("ws://127.0.0.1:%d", m.wsPort)
 }
 
 // Certs returns the generated CA and certificates (nil without WithTLS).
