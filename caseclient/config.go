@@ -70,15 +70,19 @@ type Config struct {
 	// replaced. Example: a Grafana dashboard URL.
 	TelemetryURL string `yaml:"telemetry_url,omitempty"`
 
-	Timeout          yamlconf.Duration `yaml:"timeout,omitempty"`            // per request; default 10s
-	RetryBase        yamlconf.Duration `yaml:"retry_base,omitempty"`         // first retry wait; default 1s
-	RetryMax         yamlconf.Duration `yaml:"retry_max,omitempty"`          // longest retry wait; default 5m
-	BreakerFailures  int               `yaml:"breaker_failures,omitempty"`   // consecutive failures that open a sink's breaker; default 5
-	BreakerCooldown  yamlconf.Duration `yaml:"breaker_cooldown,omitempty"`   // open time before a probe; default 30s
-	MaxOpensPerRule  int               `yaml:"max_opens_per_rule,omitempty"` // new cases per rule and sink per minute; default 10; -1 = no cap
-	MaxOpensPerSink  int               `yaml:"max_opens_per_sink,omitempty"` // new cases per sink per minute; default 30; -1 = no cap
-	Retention        yamlconf.Duration `yaml:"retention,omitempty"`          // keep state of ended cases this long; default 168h
-	DeliveryInterval yamlconf.Duration `yaml:"delivery_interval,omitempty"`  // idle re-scan of the outbox; default 1s
+	Timeout         yamlconf.Duration `yaml:"timeout,omitempty"`            // per request; default 10s
+	RetryBase       yamlconf.Duration `yaml:"retry_base,omitempty"`         // first retry wait; default 1s
+	RetryMax        yamlconf.Duration `yaml:"retry_max,omitempty"`          // longest retry wait; default 5m
+	BreakerFailures int               `yaml:"breaker_failures,omitempty"`   // consecutive failures that open a sink's breaker; default 5
+	BreakerCooldown yamlconf.Duration `yaml:"breaker_cooldown,omitempty"`   // open time before a probe; default 30s
+	MaxOpensPerRule int               `yaml:"max_opens_per_rule,omitempty"` // new cases per rule and sink per minute; default 10; -1 = no cap
+	MaxOpensPerSink int               `yaml:"max_opens_per_sink,omitempty"` // new cases per sink per minute; default 30; -1 = no cap
+	// LookupBeforeOpen makes every Open311 open look the case up by its key
+	// before posting, not only after an ambiguous failure: for several
+	// gateway replicas feeding one case system (one GET per new case).
+	LookupBeforeOpen bool              `yaml:"lookup_before_open,omitempty"`
+	Retention        yamlconf.Duration `yaml:"retention,omitempty"`         // keep state of ended cases this long; default 168h
+	DeliveryInterval yamlconf.Duration `yaml:"delivery_interval,omitempty"` // idle re-scan of the outbox; default 1s
 
 	Now func() time.Time `yaml:"-"` // clock; default time.Now (tests)
 }

@@ -118,8 +118,12 @@ func (c *Client) deliverPass(ctx context.Context, s *sinkRT) {
 			sent.Ambiguous = true
 			if err := c.st.db.Update(func(tx *bolt.Tx) error { return putOp(tx, &sent) }); err != nil {
 				c.log.Error("marking a case operation in flight", "sink", s.cfg.Name, "err", err)
+				s.br.Failure(now) // releases a half-open probe
 				return
 			}
+		}
+		if s.o311 != nil && o.Kind == opOpen && c.cfg.LookupBeforeOpen {
+			o.Ambiguous = true // another replica may have opened it: look before posting
 		}
 		if o.Kind == opOpen {
 			s.sent = append(s.sent, now)
@@ -275,8 +279,8 @@ func (c *Client) pollStatus(ctx context.Context) {
 			return
 		}
 		s := c.byName[j.sink]
-		if !s.br.Allow(c.now()) {
-			continue
+		if s.br.State(c.now()) != BreakerClosed {
+			continue // leave the half-open probe to the delivery loop
 		}
 		if j.id == "" {
 			id, r := s.o311.resolveToken(ctx, j.token)

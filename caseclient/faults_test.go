@@ -177,3 +177,25 @@ func TestWebhookGoneDisablesTheSink(t *testing.T) {
 		t.Error("a new URL must enable the sink again")
 	}
 }
+
+// Consecutive failures open the sink's breaker (sink_up 0); once the desk
+// recovers, a half-open probe closes it and the backlog goes out.
+func TestBreakerOpensAndRecovers(t *testing.T) {
+	d := startDesk(t, nil)
+	d.SetFault(casedesk.Fault{Mode: casedesk.Fault500})
+	cfg := fastConfig(t, deskSink(d))
+	cfg.BreakerFailures, cfg.BreakerCooldown = 3, ms(300)
+	c := startClient(t, cfg)
+	if err := c.Transitions(context.Background(), threeEpisodes()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the breaker to open", func() bool {
+		return c.counter("citygw_case_sink_up", "sink", "desk") == 0 && c.Status().Sinks[0].Breaker != BreakerClosed
+	})
+	d.SetFault(casedesk.Fault{Mode: casedesk.FaultNone})
+	waitFor(t, 10*time.Second, "recovery", func() bool { return c.counter("citygw_case_outbox_depth") == 0 })
+	if c.counter("citygw_case_sink_up", "sink", "desk") != 1 || c.Status().Sinks[0].Breaker != BreakerClosed {
+		t.Error("the breaker did not close after the desk recovered")
+	}
+	checkOnce(t, d, threeEpisodes())
+}

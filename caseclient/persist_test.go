@@ -139,3 +139,28 @@ func TestSIGKILLWithCasesInFlight(t *testing.T) {
 		t.Errorf("opened %v, want 3 (one of them found by reconciliation)", got)
 	}
 }
+
+// Two gateway replicas (separate outboxes) see the same episode: with
+// lookup_before_open the second finds the first's case by its key and does
+// not post a duplicate.
+func TestReplicasOpenOneCase(t *testing.T) {
+	d := startDesk(t, nil)
+	cfg1 := fastConfig(t, deskSink(d))
+	cfg1.LookupBeforeOpen = true
+	cfg2 := cfg1
+	cfg2.Outbox = t.TempDir() + "/replica2.db"
+	a, b := startClient(t, cfg1), startClient(t, cfg2)
+	ts := threeEpisodes()
+	if err := a.Transitions(context.Background(), ts); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "replica 1's cases", func() bool { return a.counter("citygw_case_outbox_depth") == 0 })
+	if err := b.Transitions(context.Background(), ts[:3]); err != nil { // replica 2 saw the firings only
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "replica 2 done", func() bool { return b.counter("citygw_case_outbox_depth") == 0 })
+	checkOnce(t, d, ts)
+	if b.counter("citygw_cases_opened_total") != 3 {
+		t.Errorf("replica 2 should have found all 3 cases")
+	}
+}
