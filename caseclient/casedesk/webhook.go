@@ -251,21 +251,28 @@ func (d *Desk) handleWebhook(w http.ResponseWriter, r *http.Request) {
 		}
 		d.idem[key] = &idemRecord{Fingerprint: fp, At: now.UTC()}
 		d.mu.Unlock()
-		status, answer := d.acceptWebhook(r, id, sent, key, body)
 		// The key stays in flight until the answer has been given (a slow
-		// fault holds it back), then the result is kept for replays.
-		d.respondRaw(w, r, status, "application/json", answer, nil)
-		d.mu.Lock()
-		if status >= 500 {
-			delete(d.idem, key) // not a result: let the retry run again
-		} else {
+		// fault holds it back), then the result is kept for replays. A 5xx,
+		// or a handler that never got to a result, leaves no record: the
+		// retry runs again (the webhook-id still deduplicates it).
+		status, answer := http.StatusInternalServerError, []byte(nil)
+		defer func() {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if status >= 500 {
+				delete(d.idem, key)
+				return
+			}
 			rec := &idemRecord{Fingerprint: fp, Done: true, Status: status, Body: answer, At: now.UTC()}
 			if err := d.st.put(bucketIdem, key, rec); err != nil {
 				d.log.Error("storing an idempotency record", "error", err)
+				delete(d.idem, key)
+				return
 			}
 			d.idem[key] = rec
-		}
-		d.mu.Unlock()
+		}()
+		status, answer = d.acceptWebhook(r, id, sent, key, body)
+		d.respondRaw(w, r, status, "application/json", answer, nil)
 		return
 	}
 	status, answer := d.acceptWebhook(r, id, sent, "", body)

@@ -203,6 +203,33 @@ func TestIdempotencyKey(t *testing.T) {
 	if code, _, hdr := td.sendHook(hook{id: "m5", body: `{"data":{"key":"k5"}}`, key: `"op-5"`}); code != 200 || hdr.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("after the slow call: %d", code)
 	}
+
+	// Handled, but the answer was lost (500 after handling): the retry gets
+	// the real result replayed, and the message is stored once.
+	td.SetFault(Fault{Mode: Fault500, AfterHandling: true, Count: 1, Paths: []string{PathWebhook}})
+	if code, _, _ := td.sendHook(hook{id: "m6", body: `{"data":{"key":"k6"}}`, key: "op-6"}); code != 500 {
+		t.Fatalf("answer under the fault: %d", code)
+	}
+	code, body, hdr = td.sendHook(hook{id: "m6", body: `{"data":{"key":"k6"}}`, key: "op-6"})
+	if code != 200 || hdr.Get("Idempotent-Replayed") != "true" || !strings.Contains(body, `"accepted"`) {
+		t.Fatalf("retry after a lost answer: %d %s %v", code, body, hdr)
+	}
+	// Refused before handling (503): nothing is recorded under the key.
+	td.SetFault(Fault{Mode: Fault503, Count: 1, Paths: []string{PathWebhook}})
+	if code, _, _ := td.sendHook(hook{id: "m7", body: `{"data":{"key":"k7"}}`, key: "op-7"}); code != 503 {
+		t.Fatalf("answer under the 503 fault: %d", code)
+	}
+	code, body, hdr = td.sendHook(hook{id: "m7", body: `{"data":{"key":"k7"}}`, key: "op-7"})
+	if code != 200 || hdr.Get("Idempotent-Replayed") != "" || !strings.Contains(body, `"accepted"`) {
+		t.Fatalf("retry after a 503: %d %s %v", code, body, hdr)
+	}
+	var stored []string
+	for _, w := range td.Webhooks() {
+		stored = append(stored, w.ID)
+	}
+	if strings.Join(stored, ",") != "m1,m3,m5,m6,m7" {
+		t.Fatalf("stored webhooks %v", stored)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool, what string) {
