@@ -1,0 +1,64 @@
+package admin
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestEndpoints(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "citygw_test_total", Help: "test"})
+	reg.MustRegister(c)
+	c.Add(3)
+	ready := errors.New("broker down")
+	s := New(reg, "tok", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s.AddCheck("mqtt", func() error { return ready })
+	s.AddCheck("influxdb", func() error { return nil })
+	s.SetStatus(func() any { return map[string]int{"assets": 7} })
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+
+	get := func(path, auth string) (int, string) {
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	tests := []struct {
+		path, auth string
+		code       int
+		body       string
+	}{
+		{"/healthz", "", 200, "ok"},
+		{"/readyz", "", 503, "mqtt: not ready: broker down"},
+		{"/metrics", "", 401, "unauthorized"},
+		{"/metrics", "Bearer wrong", 401, "unauthorized"},
+		{"/metrics", "Bearer tok", 200, "citygw_test_total 3"},
+		{"/status", "Bearer tok", 200, `"assets": 7`},
+		{"/status", "", 401, ""},
+	}
+	for _, tt := range tests {
+		code, body := get(tt.path, tt.auth)
+		if code != tt.code || !strings.Contains(body, tt.body) {
+			t.Errorf("GET %s (%q) = %d %q, want %d containing %q", tt.path, tt.auth, code, body, tt.code, tt.body)
+		}
+	}
+	ready = nil
+	if code, body := get("/readyz", ""); code != 200 || !strings.Contains(body, "influxdb: ok\nmqtt: ok") {
+		t.Errorf("readyz when ready = %d %q", code, body)
+	}
+}
