@@ -354,7 +354,7 @@ func clearedText(st *caseState, t *rules.Transition) string {
 		fmt.Fprintf(&b, " Assets: %s.", strings.Join(t.Assets, " "))
 	}
 	if len(t.Values) > 0 {
-		fmt.Fprintf(&b, " Last evidence: %s.", kv(t.Values))
+		fmt.Fprintf(&b, " Last evidence: %s.", kv(jsonSafe(t.Values)))
 	}
 	if st.Case != nil && st.Case.Telemetry != "" {
 		fmt.Fprintf(&b, " Telemetry: %s.", st.Case.Telemetry)

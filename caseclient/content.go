@@ -89,7 +89,7 @@ func (b *builder) build(t *rules.Transition) (*Case, error) {
 		Severity: t.Severity, Service: svc.Name, Type: svc.Type, ServiceName: svc.Title, Condition: svc.Condition,
 		Closure: svc.Closure, Department: svc.Department, Deadline: svc.Deadline.String(), DeadlineZH: svc.Deadline.ZH(),
 		Kind: t.Kind, Assets: append([]string(nil), t.Assets...), GroupKey: t.GroupKey, GroupLabels: t.GroupLabels,
-		GroupSize: t.GroupSize, Values: t.Values, Thresholds: t.Thresholds, FirstSeen: t.Start.UTC(), FiredAt: t.Time.UTC()}
+		GroupSize: t.GroupSize, Values: jsonSafe(t.Values), Thresholds: jsonSafe(t.Thresholds), FirstSeen: t.Start.UTC(), FiredAt: t.Time.UTC()}
 	if b.exprs != nil {
 		c.Expression = b.exprs(t.Rule)
 	}
@@ -140,6 +140,48 @@ func (b *builder) build(t *rules.Transition) (*Case, error) {
 		c.Telemetry = telemetryLink(b.telemetry, ids[0], t.Kind, t.Start.Add(-time.Hour), t.Time.Add(time.Hour))
 	}
 	return c, nil
+}
+
+// jsonSafe copies evidence into values JSON can encode: NaN and ±Inf (a
+// missing asset attribute, a division by zero) become strings, other
+// non-JSON types their text. A case must never fail to persist because of
+// its evidence.
+func jsonSafe(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = safeValue(v)
+	}
+	return out
+}
+
+func safeValue(v any) any {
+	switch x := v.(type) {
+	case nil, bool, string, int, int64, int32, uint, uint64, uint32:
+		return x
+	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return strconv.FormatFloat(x, 'g', -1, 64)
+		}
+		return x
+	case float32:
+		return safeValue(float64(x))
+	case time.Time:
+		return x.UTC().Format(time.RFC3339Nano)
+	case time.Duration:
+		return x.String()
+	case map[string]any:
+		return jsonSafe(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = safeValue(e)
+		}
+		return out
+	}
+	return fmt.Sprint(v)
 }
 
 func round7(f float64) float64 { return math.Round(f*1e7) / 1e7 }

@@ -1,8 +1,11 @@
 package caseclient
 
 import (
+	"context"
+	"math"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/citygw/citygw/rules"
@@ -11,7 +14,9 @@ import (
 func TestBuildCase(t *testing.T) {
 	inv, codes := testInventory(t), testCodes(t)
 	b := &builder{codes: codes, inv: inv, telemetry: "http://g/d?var-asset={asset}&kind={kind}&from={from_ms}&to={to_ms}",
-		exprs: func(r string) string { return map[string]string{"streetlight.dark_at_night": "is_dark() && current_a < 0.03"}[r] }}
+		exprs: func(r string) string {
+			return map[string]string{"streetlight.dark_at_night": "is_dark() && current_a < 0.03"}[r]
+		}}
 	wlat, wlon := GCJ02ToWGS84(31.17530398364597, 121.531541859215)
 	cases := []struct {
 		name  string
@@ -113,5 +118,22 @@ func TestCaseTextIsCappedAt4000Characters(t *testing.T) {
 	}
 	if !strings.HasPrefix(text, keyTag(c.Key)) || !utf8.ValidString(text) {
 		t.Fatal("the cut must keep the key tag and valid UTF-8")
+	}
+}
+
+// Evidence JSON cannot encode (NaN, ±Inf, odd types) must not stop a case
+// from being persisted: the engine would retry the batch forever.
+func TestNonFiniteEvidenceIsPersisted(t *testing.T) {
+	d := startDesk(t, nil)
+	c := startClient(t, fastConfig(t, deskSink(d)))
+	f := fire("r.test", "streetlight_fault", "streetlight", "SL-1", []string{"SL-1"}, t0, "major")
+	f.Values = map[string]any{"x": math.NaN(), "y": math.Inf(1), "d": time.Minute, "m": map[string]any{"z": math.Inf(-1)}, "c": complex(1, 2)}
+	f.Thresholds = map[string]any{"asset.pressure_min_kpa": math.NaN()}
+	if err := c.Transitions(context.Background(), []rules.Transition{f, cleared(f, t0.Add(time.Hour))}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "delivery", func() bool { return c.counter("citygw_case_outbox_depth") == 0 && len(d.Requests()) == 1 })
+	if desc := d.Requests()[0].Description; !strings.Contains(desc, "x=NaN") || !strings.Contains(desc, "y=+Inf") {
+		t.Errorf("description %s", desc)
 	}
 }
