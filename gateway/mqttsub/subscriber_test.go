@@ -508,3 +508,34 @@ func TestWebsockets(t *testing.T) {
 	publish(t, publisher(t, m, "pub-ws"), "city/bins/bin-0000/telemetry", binPayload(time.Now(), 33, 1))
 	waitFor(t, 10*time.Second, "a reading over websockets", func() bool { return h.count() == 1 })
 }
+
+// Two gateway replicas in one $share group split the messages between them;
+// the prefix is stripped for matching, so both resolve the assets.
+func TestSharedSubscription(t *testing.T) {
+	m := testenv.StartMosquitto(t)
+	inv := testInventory(t, 4)
+	var subs []*running
+	var hs []*recorder
+	for i := range 2 {
+		c := baseConfig(m, fmt.Sprintf("gw-share-%d", i))
+		c.Subscriptions = []Subscription{{Topic: "$share/citygw/city/bins/{asset}/telemetry"}}
+		h := &recorder{}
+		s := startSub(t, c, inv, h)
+		waitFor(t, 10*time.Second, "subscribed", s.Connected)
+		subs, hs = append(subs, s), append(hs, h)
+	}
+	pub := publisher(t, m, "pub-share")
+	const n = 40
+	for i := range n {
+		publish(t, pub, fmt.Sprintf("city/bins/bin-%04d/telemetry", i%4), binPayload(time.Now(), 1, i))
+	}
+	waitFor(t, 10*time.Second, "every message once across the group", func() bool { return hs[0].count()+hs[1].count() == n })
+	if hs[0].count() == 0 || hs[1].count() == 0 {
+		t.Errorf("one replica got everything: %d / %d", hs[0].count(), hs[1].count())
+	}
+	for _, s := range subs {
+		if st := s.Status(); st.UnknownAsset != 0 {
+			t.Errorf("unknown assets with a $share template: %+v", st)
+		}
+	}
+}
