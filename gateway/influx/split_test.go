@@ -1,15 +1,21 @@
 package influx
 
 import (
+	"compress/gzip"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/citygw/citygw/devices/yamlconf"
@@ -138,5 +144,73 @@ func TestWriterSplitsTooLarge(t *testing.T) {
 	points, comments := deadLetters(t, dl)
 	if len(points) != 1 || points[0] != huge || len(comments) != 1 || !strings.Contains(comments[0], "HTTP 413") {
 		t.Errorf("dead letters: %d points, comments %q", len(points), comments)
+	}
+}
+
+// TestDrainInFlightOrder: with MaxInFlight 3 batches are written at once,
+// and handed back to their source in the order it gave them out even when a
+// later one finishes first. A small HTTP server plays InfluxDB, because
+// influxd cannot be told to answer one request slowly.
+func TestDrainInFlightOrder(t *testing.T) {
+	var mu sync.Mutex
+	concurrent, most := 0, 0
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/api/v2/write" {
+			rw.WriteHeader(http.StatusNoContent)
+			return
+		}
+		zr, _ := gzip.NewReader(req.Body)
+		body, _ := io.ReadAll(zr)
+		mu.Lock()
+		concurrent++
+		most = max(most, concurrent)
+		mu.Unlock()
+		if strings.HasPrefix(string(body), "m v=0i") {
+			time.Sleep(300 * time.Millisecond) // the first batch is the slowest
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+		mu.Lock()
+		concurrent--
+		mu.Unlock()
+		rw.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	w, err := NewWriter(WriterConfig{URL: srv.URL, Bucket: "db", MaxInFlight: 3}, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	src := &sliceSource{}
+	for i := range 9 {
+		src.batches = append(src.batches, &Batch{Lines: fmt.Appendf(nil, "m v=%di %d\n", i, i+1), Points: 1, Ref: i})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Drain(ctx, src) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		src.mu.Lock()
+		n := len(src.done)
+		src.mu.Unlock()
+		if n == 9 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i, ref := range src.refs {
+		if ref != i || !src.done[i] {
+			t.Fatalf("Done order %v (written %v), want 0..8 in order", src.refs, src.done)
+		}
+	}
+	if len(src.refs) != 9 {
+		t.Fatalf("%d batches done", len(src.refs))
+	}
+	if most < 2 || most > 3 {
+		t.Errorf("at most %d requests at once, want 2 or 3", most)
 	}
 }

@@ -56,6 +56,11 @@ type WriterConfig struct {
 	// line (the WAL's dir/dead_letter.lp); empty: they are only counted and
 	// logged.
 	DeadLetter string `yaml:"dead_letter,omitempty"`
+	// MaxInFlight is how many batches may be written at once, default 1.
+	// More can drain a backlog (the WAL's after an outage) faster when
+	// InfluxDB is remote or has cores to spare; batches are still handed
+	// back to their source in order.
+	MaxInFlight int `yaml:"max_in_flight,omitempty"`
 	// DisableGzip sends bodies uncompressed (gzip is on by default).
 	// influxd 1.8 enforces its max-body-size (413) only on uncompressed
 	// requests; proxies and InfluxDB 2.x enforce theirs on any.
@@ -82,6 +87,9 @@ func (c *WriterConfig) setDefaults() {
 	def(&c.MaxRetryAfter, 5*time.Minute)
 	def(&c.ShutdownGrace, 10*time.Second)
 	def(&c.HealthInterval, 10*time.Second)
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 1
+	}
 	if c.DeadLetterMaxBytes <= 0 {
 		c.DeadLetterMaxBytes = 64 << 20
 	}
@@ -300,20 +308,23 @@ func (w *Writer) drain(ctx context.Context, src BatchSource, stop func()) error 
 		}
 	}
 	w.ping(ctx)
+	p := w.newPipeline(src)
 	for {
 		b, err := src.Next(ctx, false)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
+			p.wait()
 			return fmt.Errorf("reading the next batch for InfluxDB: %w", err)
 		}
 		if b == nil {
 			continue
 		}
 		take(b)
-		src.Done(b, w.send(sendCtx, b))
+		p.send(sendCtx, b)
 	}
+	p.wait()
 	// Shutdown: write what is left while the grace period lasts; what is
 	// still left after it is counted as dropped.
 	if stop != nil {
@@ -328,6 +339,59 @@ func (w *Writer) drain(ctx context.Context, src BatchSource, stop func()) error 
 		src.Done(b, w.send(sendCtx, b))
 	}
 	return nil
+}
+
+// pipeline sends up to MaxInFlight batches at once and hands them back to
+// their source in the order it gave them out.
+type pipeline struct {
+	w     *Writer
+	src   BatchSource
+	slots chan struct{}
+	order chan *job
+	done  chan struct{}
+}
+
+type job struct {
+	b  *Batch
+	ok chan bool
+}
+
+func (w *Writer) newPipeline(src BatchSource) *pipeline {
+	p := &pipeline{w: w, src: src}
+	if n := w.cfg.MaxInFlight; n > 1 {
+		p.slots = make(chan struct{}, n)
+		p.order = make(chan *job, n)
+		p.done = make(chan struct{})
+		go func() {
+			defer close(p.done)
+			for j := range p.order {
+				p.src.Done(j.b, <-j.ok)
+				<-p.slots
+			}
+		}()
+	}
+	return p
+}
+
+// send writes b (waiting for a free slot); with one slot it is synchronous.
+func (p *pipeline) send(ctx context.Context, b *Batch) {
+	if p.slots == nil {
+		p.src.Done(b, p.w.send(ctx, b))
+		return
+	}
+	p.slots <- struct{}{}
+	j := &job{b: b, ok: make(chan bool, 1)}
+	p.order <- j
+	go func() { j.ok <- p.w.send(ctx, b) }()
+}
+
+// wait waits until every batch sent is handed back.
+func (p *pipeline) wait() {
+	if p.slots == nil {
+		return
+	}
+	close(p.order)
+	<-p.done
 }
 
 // send writes one batch, retrying until InfluxDB answers for good or ctx
