@@ -19,7 +19,13 @@ import (
 // drainTo runs an InfluxDB writer draining w until the test ends.
 func drainTo(t testing.TB, db *testenv.InfluxDB, w *WAL) (*influx.Writer, func()) {
 	t.Helper()
-	wr, err := influx.NewWriter(influx.WriterConfig{URL: db.URL(), Bucket: db.Bucket(),
+	return drainWith(t, db, w, 0)
+}
+
+// drainWith is drainTo with the writer's MaxInFlight (0: its default).
+func drainWith(t testing.TB, db *testenv.InfluxDB, w *WAL, inFlight int) (*influx.Writer, func()) {
+	t.Helper()
+	wr, err := influx.NewWriter(influx.WriterConfig{URL: db.URL(), Bucket: db.Bucket(), MaxInFlight: inFlight,
 		RetryInterval: yamlconf.Duration(100 * time.Millisecond), MaxRetryInterval: yamlconf.Duration(time.Second),
 		DeadLetter: w.cfg.DeadLetterPath()},
 		prometheus.NewRegistry(), testLogger(t))
