@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -122,8 +123,29 @@ func New(cfg Config, codes *CodeTable, inv *devices.Inventory, reg prometheus.Re
 		st.close()
 		return nil, fmt.Errorf("reading the case outbox: %w", err)
 	}
+	var orphans []*op
 	for _, o := range ops {
+		if !slices.ContainsFunc(cfg.Sinks, func(s SinkConfig) bool { return s.Name == o.Sink }) {
+			orphans = append(orphans, o)
+			continue
+		}
 		c.pending[o.Seq] = pendingOp{sink: o.Sink, enqueued: o.Enqueued}
+	}
+	if len(orphans) > 0 {
+		// Operations for a sink no longer configured would wait forever.
+		err := st.db.Update(func(tx *bolt.Tx) error {
+			for _, o := range orphans {
+				if err := deadOp(tx, o, "sink "+o.Sink+" is no longer configured"); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("moving operations of removed sinks to the dead letters: %w", err)
+		}
+		log.Warn("operations for sinks no longer configured moved to the dead letters", "count", len(orphans))
 	}
 	dead, err := st.dead()
 	if err != nil {

@@ -84,11 +84,12 @@ func (c *Client) deliverPass(ctx context.Context, s *sinkRT) {
 			continue
 		}
 		sc := c.sinkCase(o.Episode, s.cfg.Name)
+		if o.Kind != opOpen && (sc == nil || sc.Status == scRejected || sc.Status == scGone || sc.Key != o.CaseKey) {
+			c.settle(s, o, result{permanent: true, reason: "undeliverable", msg: "the case was never accepted by this sink"}, now)
+			continue
+		}
 		if o.Kind != opOpen && s.o311 != nil {
 			switch {
-			case sc == nil || sc.Status == scRejected || sc.Status == scGone || sc.Key != o.CaseKey:
-				c.settle(s, o, result{permanent: true, reason: "undeliverable", msg: "the case was never accepted by this sink"}, now)
-				continue
 			case sc.ID == "" && sc.Status == scOpen && sc.Token == "":
 				c.settle(s, o, result{permanent: true, reason: "undeliverable", msg: "the case system gave the case no id (blackbox service): updates cannot be posted"}, now)
 				continue
@@ -125,7 +126,8 @@ func (c *Client) deliverPass(ctx context.Context, s *sinkRT) {
 		if s.o311 != nil && o.Kind == opOpen && c.cfg.LookupBeforeOpen {
 			o.Ambiguous = true // another replica may have opened it: look before posting
 		}
-		if o.Kind == opOpen {
+		if o.Kind == opOpen && o.Attempts == 0 {
+			// A retry does not count again: the caps are on new cases.
 			s.sent = append(s.sent, now)
 			s.ruleSent[o.Rule] = append(s.ruleSent[o.Rule], now)
 		}

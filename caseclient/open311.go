@@ -31,6 +31,34 @@ type request struct {
 	Updated     string   `json:"updated_datetime"`
 	Lat         float64  `json:"lat"`
 	Long        float64  `json:"long"`
+	// Attributes, when the case system echoes them (not in the spec):
+	// "code": "v" or "code": ["v", ...].
+	Attributes map[string]json.RawMessage `json:"attributes"`
+}
+
+// hasCaseKey reports whether the record carries the case key, in its
+// case_key attribute or as the tag in its description.
+func (r *request) hasCaseKey(key string) bool {
+	if strings.Contains(r.Description, keyTag(key)) {
+		return true
+	}
+	raw, ok := r.Attributes["case_key"]
+	if !ok {
+		return false
+	}
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return one == key
+	}
+	var many []string
+	if json.Unmarshal(raw, &many) == nil {
+		for _, v := range many {
+			if v == key {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // idString reads an id the case system may send as a string or a number.
@@ -202,9 +230,8 @@ func (o *open311Sink) find(ctx context.Context, c *Case, since time.Time) (strin
 	if r := o.get(ctx, "/requests.json", q, &reqs); !r.ok {
 		return "", r
 	}
-	tag := keyTag(c.Key)
 	for _, rq := range reqs {
-		if strings.Contains(rq.Description, tag) {
+		if rq.hasCaseKey(c.Key) {
 			return string(rq.ID), result{ok: true}
 		}
 	}

@@ -164,3 +164,26 @@ func TestReplicasOpenOneCase(t *testing.T) {
 		t.Errorf("replica 2 should have found all 3 cases")
 	}
 }
+
+// Operations of a sink removed from the configuration go to the dead
+// letters at start instead of waiting forever; status URLs hide tokens.
+func TestRemovedSinkOpsAreDeadLettered(t *testing.T) {
+	d := startDesk(t, nil)
+	d.SetFault(casedesk.Fault{Mode: casedesk.Fault500})
+	hook := hookSink(d)
+	hook.URL += "?token=s3cr3t"
+	cfg := fastConfig(t, deskSink(d), hook)
+	c := startClient(t, cfg)
+	if err := c.Transitions(context.Background(), threeEpisodes()); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Status(); strings.Contains(st.Sinks[1].URL, "s3cr3t") {
+		t.Errorf("status shows the URL's token: %s", st.Sinks[1].URL)
+	}
+	c.stop()
+	cfg.Sinks = cfg.Sinks[1:]
+	c2 := newClient(t, cfg)
+	if got, dead := c2.counter("citygw_case_outbox_depth"), c2.counter("citygw_case_dead_letters"); got != 6 || dead != 6 {
+		t.Errorf("outbox %v, dead letters %v; want 6 and 6", got, dead)
+	}
+}

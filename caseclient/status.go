@@ -2,6 +2,7 @@ package caseclient
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -75,7 +76,7 @@ func (c *Client) Status() Status {
 		st.OldestSeconds = now.Sub(old).Seconds()
 	}
 	for _, s := range c.sinks {
-		st.Sinks = append(st.Sinks, SinkStatus{Name: s.cfg.Name, Type: s.cfg.Type, URL: s.cfg.URL, Breaker: s.br.State(now),
+		st.Sinks = append(st.Sinks, SinkStatus{Name: s.cfg.Name, Type: s.cfg.Type, URL: redactURL(s.cfg.URL), Breaker: s.br.State(now),
 			Disabled: s.disabled.Load(), Pending: per[s.cfg.Name]})
 	}
 	for _, cs := range c.cases {
@@ -124,4 +125,18 @@ func RuleExpressions(files ...string) (map[string]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// redactURL drops credentials and the query (webhook URLs often carry a
+// token) for display.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "[unparsable URL]"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "redacted"
+	}
+	return u.String()
 }
