@@ -7,6 +7,10 @@ import (
 
 // rateKey names one stream of problem logs: a problem for an asset (or, for
 // messages without a known asset, the id or topic they carried).
+// problemClock is the rate-limit problem of implausible device timestamps
+// (not a message result: the message is still used).
+const problemClock = nResults
+
 type rateKey struct {
 	problem result
 	who     string

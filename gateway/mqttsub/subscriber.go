@@ -260,14 +260,14 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 	}
 	switch {
 	case it.tmpl < 0:
-		s.drop(w, it, resultUnknownAsset, topic, "mqtt message on a topic no template matches", "topic", topic)
+		s.drop(w, it, resultUnknownAsset, clip(topic), "mqtt message on a topic no template matches", "topic", clip(topic))
 		return
 	case a == nil:
 		who := it.asset
 		if who == "" {
 			who = topic
 		}
-		s.drop(w, it, resultUnknownAsset, who, "mqtt message for an unknown asset", "topic", topic, "asset", it.asset)
+		s.drop(w, it, resultUnknownAsset, clip(who), "mqtt message for an unknown asset", "topic", clip(topic), "asset", clip(it.asset))
 		return
 	case a.Profile == nil || a.Profile.Transport != devices.MQTT:
 		s.drop(w, it, resultUnknownAsset, a.ID, "mqtt message for an asset that is not read over MQTT", "topic", topic, "asset", a.ID, "profile", a.Model)
@@ -297,7 +297,7 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 		if devices.PlausibleTime(ts, it.recv, s.cfg.MaxClockSkew.D(), s.cfg.MaxClockAge.D()) {
 			r.Time = ts
 		} else {
-			w.logs.log(s.log, rateKey{resultOK, a.ID}, it.recv, "mqtt payload timestamp implausible; using the receive time", "asset", a.ID, "device_time", ts, "received", it.recv)
+			w.logs.log(s.log, rateKey{problemClock, a.ID}, it.recv, "mqtt payload timestamp implausible; using the receive time", "asset", a.ID, "device_time", ts, "received", it.recv)
 		}
 	}
 	start := time.Now()
@@ -312,6 +312,16 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 	it.msg.Ack()
 	s.count(res)
 	s.m.readings[a.Seq].Inc()
+}
+
+// clip bounds text that comes from outside (topics, unknown ids) before it
+// goes into a log line or a rate-limit key.
+func clip(s string) string {
+	const max = 128
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
 }
 
 // countErrors counts the field errors DecodeJSON joined (1 for a payload error).
