@@ -32,6 +32,8 @@ func (r result) String() string {
 	return r.reason
 }
 
+const userAgent = "citygw-caseclient/1"
+
 // newHTTPClient returns a client that never follows redirects (a 3xx is a
 // failure) and gives up after timeout.
 func newHTTPClient(timeout time.Duration) *http.Client {

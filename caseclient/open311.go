@@ -146,6 +146,7 @@ func (o *open311Sink) post(ctx context.Context, path string, form url.Values) (*
 		return nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+	req.Header.Set("User-Agent", userAgent)
 	req.Header.Set("Accept", "application/json")
 	return do(o.hc, req)
 }
@@ -156,6 +157,7 @@ func (o *open311Sink) get(ctx context.Context, path string, q url.Values, v any)
 		return result{permanent: true, reason: "request", msg: err.Error()}
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", userAgent)
 	resp, body, err := do(o.hc, req)
 	if err != nil {
 		r := transportFailure(err)

@@ -62,7 +62,11 @@ func (w *webhookSink) deliver(ctx context.Context, o *op, _ *sinkCase) result {
 	req.Header.Set("webhook-id", o.ID)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
 	req.Header.Set("webhook-signature", Sign(w.key, o.ID, ts, body))
-	req.Header.Set("Idempotency-Key", o.ID)
+	// IETF httpapi-idempotency-key-header: the value is a structured-field
+	// string. Operation keys are printable ASCII without quotes or
+	// backslashes.
+	req.Header.Set("Idempotency-Key", `"`+o.ID+`"`)
+	req.Header.Set("User-Agent", userAgent)
 	resp, rb, err := do(w.hc, req)
 	if err != nil {
 		return transportFailure(err)
