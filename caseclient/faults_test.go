@@ -199,3 +199,33 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	}
 	checkOnce(t, d, threeEpisodes())
 }
+
+// An update the desk stored but did not answer (500 after storing, or an
+// answer slower than the timeout) is found again by its update_id through
+// GET /servicerequestupdates.json, not posted twice.
+func TestUpdateReconciledAfterAmbiguousFailure(t *testing.T) {
+	for _, f := range []casedesk.Fault{
+		{Mode: casedesk.Fault500, Count: 2, AfterHandling: true, Paths: []string{casedesk.PathUpdates}},
+		{Mode: casedesk.FaultSlow, Count: 1, Delay: 3 * time.Second, Paths: []string{casedesk.PathUpdates}},
+	} {
+		t.Run(f.Mode, func(t *testing.T) {
+			d := startDesk(t, nil)
+			cfg := fastConfig(t, deskSink(d))
+			cfg.Timeout = ms(400)
+			c := startClient(t, cfg)
+			d.SetFault(f)
+			ts := threeEpisodes()
+			if err := c.Transitions(context.Background(), ts); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 15*time.Second, "delivery", func() bool { return c.counter("citygw_case_outbox_depth") == 0 })
+			checkOnce(t, d, ts)
+			if _, used := d.CurrentFault(); used == 0 {
+				t.Fatal("the fault never fired")
+			}
+			if c.counter("citygw_cases_updated_total") != 3 {
+				t.Errorf("updated %v, want 3", c.counter("citygw_cases_updated_total"))
+			}
+		})
+	}
+}

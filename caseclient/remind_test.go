@@ -61,3 +61,36 @@ func TestRepeatIntervalBoundsUpdates(t *testing.T) {
 		t.Errorf("second reminder repeats the severity change: %q", u)
 	}
 }
+
+// An ended case's state is forgotten after the retention, once nothing of
+// it is left in the outbox; a late duplicate of its end is ignored.
+func TestRetentionForgetsEndedCases(t *testing.T) {
+	d := startDesk(t, nil)
+	clk := &clock{t: time.Now()}
+	cfg := fastConfig(t, deskSink(d))
+	cfg.Retention, cfg.Now = ms(int(time.Hour/time.Millisecond)), clk.Now
+	c := startClient(t, cfg)
+	f := fire("r.test", "streetlight_fault", "streetlight", "SL-1", []string{"SL-1"}, t0, "major")
+	end := cleared(f, clk.Now())
+	if err := c.Transitions(context.Background(), []rules.Transition{f, end}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "delivery", func() bool { return c.counter("citygw_case_outbox_depth") == 0 })
+	time.Sleep(100 * time.Millisecond)
+	if n := len(c.Status().Cases); n != 1 {
+		t.Fatalf("%d cases in the status before the retention", n)
+	}
+	clk.Add(2 * time.Hour)
+	waitFor(t, 10*time.Second, "the case state to be forgotten", func() bool { return len(c.Status().Cases) == 0 })
+	if err := c.Transitions(context.Background(), []rules.Transition{end}); err != nil {
+		t.Fatal(err)
+	}
+	if c.counter("citygw_case_transitions_ignored_total", "why", "unknown_episode") != 1 {
+		t.Error("a late end of a forgotten episode should be ignored")
+	}
+	c.stop()
+	c2 := newClient(t, cfg)
+	if n := len(c2.Status().Cases); n != 0 {
+		t.Errorf("the forgotten case came back after a restart")
+	}
+}
