@@ -257,6 +257,9 @@ func (w *WAL) recover() error {
 	// Acknowledged segments left by a crash between ack and delete.
 	for len(w.segs) > 0 && w.segs[0].acked == w.segs[0].records && w.segs[0].end() <= w.ack {
 		s := w.segs[0]
+		if len(w.segs) == 1 && s.size == 0 {
+			break // empty: it becomes the tail again
+		}
 		if err := os.Remove(s.path); err != nil {
 			return fmt.Errorf("removing acknowledged WAL segment: %w", err)
 		}
@@ -467,34 +470,13 @@ func (w *WAL) writeGroup() {
 	var err error
 	for {
 		tail := w.segs[len(w.segs)-1]
+		err = nil
 		if tail.size > 0 && (w.rotate || tail.size+int64(len(buf)) > int64(w.cfg.SegmentBytes)) {
-			if err = w.rotateLocked(); err != nil {
-				break
-			}
+			err = w.rotateLocked()
 			tail = w.segs[len(w.segs)-1]
 		}
-		f, off := w.tailFile, tail.size
-		w.mu.Unlock()
-		var syncDur time.Duration
-		_, err = f.WriteAt(buf, off)
-		if err == nil && w.cfg.Sync == SyncAlways {
-			t := time.Now()
-			err = f.Sync()
-			syncDur = time.Since(t)
-		}
-		if err != nil {
-			// Cut off what part of the group made it, so the file ends
-			// with whole records.
-			if terr := f.Truncate(off); terr != nil {
-				w.log.Error("WAL could not cut off a failed write; starting a new segment", "error", terr)
-				w.mu.Lock()
-				w.rotate = true
-				w.mu.Unlock()
-			}
-		}
-		w.mu.Lock()
-		if syncDur > 0 {
-			w.m.fsyncDur.Observe(syncDur.Seconds())
+		if err == nil {
+			err = w.writeAtLocked(buf, tail.size)
 		}
 		if err == nil {
 			if w.diskFull {
@@ -548,11 +530,41 @@ func (w *WAL) writeGroup() {
 	w.cond.Broadcast()
 }
 
+// writeAtLocked writes buf at off of the tail file (and fsyncs with sync:
+// always), releasing w.mu meanwhile. A failed write is cut off again so that
+// the file ends with whole records.
+func (w *WAL) writeAtLocked(buf []byte, off int64) error {
+	f := w.tailFile
+	w.mu.Unlock()
+	var syncDur time.Duration
+	_, err := f.WriteAt(buf, off)
+	if err == nil && w.cfg.Sync == SyncAlways {
+		t := time.Now()
+		err = f.Sync()
+		syncDur = time.Since(t)
+	}
+	var terr error
+	if err != nil {
+		terr = f.Truncate(off)
+	}
+	w.mu.Lock()
+	if syncDur > 0 {
+		w.m.fsyncDur.Observe(syncDur.Seconds())
+	}
+	if terr != nil {
+		w.log.Error("WAL could not cut off a failed write; starting a new segment", "error", terr)
+		w.rotate = true
+	}
+	return err
+}
+
 // rotateLocked seals the tail segment and starts a new one.
 func (w *WAL) rotateLocked() error {
 	old := w.tailFile
 	tail := w.segs[len(w.segs)-1]
-	if w.cfg.Sync != SyncNone && w.dirty {
+	// Always fsynced (unless sync: none): the housekeeping fsync may have
+	// taken the dirty flag and then found the file closed.
+	if w.cfg.Sync != SyncNone {
 		t := time.Now()
 		if err := old.Sync(); err != nil {
 			return fmt.Errorf("syncing WAL segment: %w", err)
@@ -780,6 +792,7 @@ func (w *WAL) Close() error {
 	errs = append(errs, w.tailFile.Close())
 	if w.ackFile != nil {
 		errs = append(errs, w.ackFile.Close())
+		w.ackFile = nil
 	}
 	if w.rfile != nil {
 		w.rfile.Close()

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -592,5 +593,50 @@ func TestAckFileCorrupt(t *testing.T) {
 	w, _ = open(t, cfg)
 	if got := drainAll(t, w); len(got) != 5 && len(got) != 25 {
 		t.Fatalf("%d lines after a corrupt ack file", len(got))
+	}
+}
+
+// TestDiskFull: writes failing with ENOSPC (the tail segment is the kernel's
+// /dev/full, whose writes always fail so) are reported, not a crash: Append
+// waits as at the bound (on_full: block) until its context ends, the
+// disk-full gauge and Ready say so, and Close does not hang.
+func TestDiskFull(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	dir := t.TempDir()
+	if err := os.Symlink("/dev/full", filepath.Join(dir, segmentName(0))); err != nil {
+		t.Fatal(err)
+	}
+	w, reg := open(t, Config{Dir: dir, Sync: SyncNone})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Append(context.Background(), line(1)) }() // the group's writer: retries
+	deadline := time.Now().Add(5 * time.Second)
+	for !w.Stats().DiskFull && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !w.Stats().DiskFull {
+		t.Fatal("a write failing with ENOSPC was not reported")
+	}
+	if err := w.Append(ctx, line(2)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Append on a full disk: %v, want it to wait until its context ends", err)
+	}
+	if got := gaugeValue(t, reg, "citygw_wal_disk_full"); got != 1 {
+		t.Errorf("citygw_wal_disk_full = %v", got)
+	}
+	if err := w.Ready(); err == nil || !strings.Contains(err.Error(), "full") {
+		t.Errorf("Ready on a full disk: %v", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- w.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung on a full disk")
+	}
+	if err := <-errc; err == nil || !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("the waiting Append returned %v after Close, want the ENOSPC error", err)
 	}
 }
