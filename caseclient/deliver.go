@@ -185,6 +185,9 @@ func (c *Client) settle(s *sinkRT, o *op, r result, now time.Time) {
 		s.br.Success()
 		c.m.sinkUp.WithLabelValues(name).Set(1)
 		c.m.delivery.WithLabelValues(name).Observe(now.Sub(o.Enqueued).Seconds())
+		if r.reason == "reconciled" {
+			c.m.reconciled.WithLabelValues(name).Inc()
+		}
 		if o.Kind == opOpen {
 			c.m.opened.WithLabelValues(name).Inc()
 			c.log.Info("case opened", "sink", name, "rule", o.Rule, "case", o.CaseKey, "id", r.id, "token", r.token,

@@ -226,6 +226,9 @@ func TestUpdateReconciledAfterAmbiguousFailure(t *testing.T) {
 			if c.counter("citygw_cases_updated_total") != 3 {
 				t.Errorf("updated %v, want 3", c.counter("citygw_cases_updated_total"))
 			}
+			if c.counter("citygw_case_reconciled_total") == 0 {
+				t.Error("no update was found by reconciliation (the desk's own dedup hid a second POST)")
+			}
 		})
 	}
 }

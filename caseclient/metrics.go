@@ -7,14 +7,15 @@ import (
 )
 
 type metrics struct {
-	opened    *prometheus.CounterVec
-	updated   *prometheus.CounterVec
-	failed    *prometheus.CounterVec
-	delivery  *prometheus.HistogramVec
-	sinkUp    *prometheus.GaugeVec
-	throttled *prometheus.CounterVec
-	ignored   *prometheus.CounterVec
-	dead      prometheus.Gauge
+	opened     *prometheus.CounterVec
+	updated    *prometheus.CounterVec
+	failed     *prometheus.CounterVec
+	delivery   *prometheus.HistogramVec
+	sinkUp     *prometheus.GaugeVec
+	throttled  *prometheus.CounterVec
+	ignored    *prometheus.CounterVec
+	reconciled *prometheus.CounterVec
+	dead       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, depth, oldest func() float64) (*metrics, error) {
@@ -37,10 +38,13 @@ func newMetrics(reg prometheus.Registerer, depth, oldest func() float64) (*metri
 		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_case_transitions_ignored_total",
 			Help: "Episode transitions that open nothing, by why (pending, cancelled, shadow, unknown_episode, duplicate)."},
 			[]string{"why"}),
+		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_case_reconciled_total",
+			Help: "Operations found already on the case system by a lookup after an ambiguous attempt (a duplicate avoided), by sink."},
+			[]string{"sink"}),
 		dead: prometheus.NewGauge(prometheus.GaugeOpts{Name: "citygw_case_dead_letters",
 			Help: "Operations in the outbox's dead-letter bucket."}),
 	}
-	cs := []prometheus.Collector{m.opened, m.updated, m.failed, m.delivery, m.sinkUp, m.throttled, m.ignored, m.dead,
+	cs := []prometheus.Collector{m.opened, m.updated, m.failed, m.delivery, m.sinkUp, m.throttled, m.ignored, m.reconciled, m.dead,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citygw_case_outbox_depth",
 			Help: "Operations waiting in the case outbox."}, depth),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citygw_case_outbox_oldest_seconds",

@@ -248,9 +248,18 @@ func (o *open311Sink) update(ctx context.Context, op *op, sc *sinkCase) result {
 		return result{reason: "no_request_id", msg: "the case system has not given the case an id yet"}
 	}
 	if op.Ambiguous {
+		// The case system files an update under its updated_datetime (the
+		// op's time), which may differ from when it was queued.
+		from, to := op.Enqueued, o.now()
+		if op.At.Before(from) {
+			from = op.At
+		}
+		if op.At.After(to) {
+			to = op.At
+		}
 		q := url.Values{}
-		q.Set("start_date", op.Enqueued.Add(-10*time.Minute).UTC().Format(time.RFC3339))
-		q.Set("end_date", o.now().Add(10*time.Minute).UTC().Format(time.RFC3339))
+		q.Set("start_date", from.Add(-10*time.Minute).UTC().Format(time.RFC3339))
+		q.Set("end_date", to.Add(10*time.Minute).UTC().Format(time.RFC3339))
 		var ups []struct {
 			UpdateID idString `json:"update_id"`
 		}

@@ -136,7 +136,10 @@ func TestSIGKILLWithCasesInFlight(t *testing.T) {
 	waitFor(t, 15*time.Second, "delivery after the crash", func() bool { return c2.counter("citygw_case_outbox_depth") == 0 })
 	checkOnce(t, d, threeEpisodes())
 	if got := c2.counter("citygw_cases_opened_total"); got != 3 {
-		t.Errorf("opened %v, want 3 (one of them found by reconciliation)", got)
+		t.Errorf("opened %v, want 3", got)
+	}
+	if got := c2.counter("citygw_case_reconciled_total"); got != 1 {
+		t.Errorf("reconciled %v, want 1 (the case in flight at the kill)", got)
 	}
 }
 
