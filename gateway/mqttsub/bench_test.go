@@ -65,7 +65,7 @@ func benchSetup(b *testing.B, assets, workers int, h Handler) (*Subscriber, []*i
 func BenchmarkDecodeHandle(b *testing.B) {
 	h := &countingHandler{}
 	s, msgs := benchSetup(b, 1000, 1, h)
-	w := &worker{logs: newRateLog(time.Minute)}
+	w := newWorker(time.Minute)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(msgs[0].payload)))
@@ -126,7 +126,7 @@ func TestAckDecisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &worker{logs: newRateLog(time.Minute)}
+	w := newWorker(time.Minute)
 	cases := []struct {
 		topic, payload string
 		acked          bool
@@ -138,9 +138,13 @@ func TestAckDecisions(t *testing.T) {
 		{"city/bins/bin-0000/telemetry", `{"fill":{"pct":5},"x":"` + string(make([]byte, 300)) + `"}`, true, resultOversize},
 		{"city/bins/bin-0000/telemetry", `nope`, true, resultDecodeError},
 		{"city/bins/bin-0000/telemetry", `{"fill":{"pct":true},"temp_c":3}`, true, resultDecodeError},
-		{"city/bins/bin-0001/telemetry", `{"fill":{"pct":true}}`, true, resultDecodeError}, // nothing to refuse: not handed on
+		{"city/bins/bin-0000/telemetry", `{"fill":{"pct":true}}`, true, resultDecodeError}, // nothing to refuse: not handed on
+		// Behind bin-0001's refused message, its next ones wait too (even a bad one).
+		{"city/bins/bin-0001/telemetry", `{"fill":{"pct":6}}`, false, resultRejected},
+		{"city/bins/bin-0001/telemetry", `nope`, false, resultRejected},
 	}
 	for _, c := range cases {
+		calls := refuse.calls
 		before := s.counts[c.res].Load()
 		m := &inMsg{topic: c.topic, payload: []byte(c.payload)}
 		s.inflight.Add(1)
@@ -155,6 +159,20 @@ func TestAckDecisions(t *testing.T) {
 		if s.counts[c.res].Load() != before+1 {
 			t.Errorf("%s %q: not counted as %s", c.topic, c.payload[:min(len(c.payload), 30)], resultNames[c.res])
 		}
+		handed := refuse.calls > calls
+		if wantHanded := c.res == resultOK || c.res == resultRejected && c.payload == `{"fill":{"pct":5}}` ||
+			c.res == resultDecodeError && strings.Contains(c.payload, "temp_c"); handed != wantHanded {
+			t.Errorf("%s %q: handed on %v, want %v", c.topic, c.payload[:min(len(c.payload), 30)], handed, wantHanded)
+		}
+	}
+	// On a new connection (the redelivery) bin-0001 is handed on again.
+	s.gen.Add(1)
+	m0 := &inMsg{topic: "city/bins/bin-0001/telemetry", payload: []byte(`{"fill":{"pct":5}}`)}
+	calls0 := refuse.calls
+	s.inflight.Add(1)
+	s.process(context.Background(), w, item{msg: m0, recv: time.Now(), tmpl: 0, asset: "bin-0001", gen: s.gen.Load()})
+	if refuse.calls != calls0+1 {
+		t.Error("bin-0001 still held back on a new connection")
 	}
 	// A message from a connection that is gone is neither handled nor acked.
 	m := &inMsg{topic: "city/bins/bin-0000/telemetry", payload: []byte(`{"fill":{"pct":5}}`)}

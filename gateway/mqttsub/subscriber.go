@@ -20,9 +20,13 @@
 //   - accepted by the Handler: acknowledged, counted ok (or decode_error when
 //     some fields could not be decoded: the good fields were handed on).
 //   - refused by the Handler (it returned an error): not acknowledged, counted
-//     rejected. The broker redelivers it only after a reconnect, so when
-//     refused messages stay unacknowledged for Config.RedeliverAfter the
-//     subscriber reconnects by itself (persistent sessions only).
+//     rejected. The asset's later messages on the same connection are held
+//     back the same way (counted rejected, not handed on), so that the
+//     redelivery brings them back in order. The broker redelivers only after
+//     a reconnect, so when refused messages stay unacknowledged for
+//     Config.RedeliverAfter the subscriber reconnects by itself (persistent
+//     sessions only). A Handler should refuse only for transient reasons (a
+//     full or failing WAL): a reading refused every time comes back forever.
 //   - unknown asset, asset whose profile is not MQTT, payload over the size
 //     limit, payload that is not a JSON object or carries no decodable field:
 //     counted, logged (rate-limited), and acknowledged, because redelivery
@@ -226,10 +230,19 @@ func (s *Subscriber) settled() {
 type worker struct {
 	r    devices.Reading
 	logs *rateLog
+	// held: assets (by Seq) with a refused message on the connection of
+	// the given generation. Their later messages are held back too (not
+	// handed on, not acknowledged) so that the redelivery brings the
+	// asset's messages back in their original order.
+	held map[int]uint64
+}
+
+func newWorker(logEvery time.Duration) *worker {
+	return &worker{logs: newRateLog(logEvery), held: map[int]uint64{}}
 }
 
 func (s *Subscriber) work(ctx context.Context, ch <-chan item) {
-	w := &worker{logs: newRateLog(s.cfg.LogInterval.D())}
+	w := newWorker(s.cfg.LogInterval.D())
 	for {
 		select {
 		case it := <-ch:
@@ -273,6 +286,13 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 		s.drop(w, it, resultUnknownAsset, a.ID, "mqtt message for an asset that is not read over MQTT", "topic", topic, "asset", a.ID, "profile", a.Model)
 		return
 	}
+	if g, ok := w.held[a.Seq]; ok {
+		if g == it.gen {
+			s.count(resultRejected) // behind a refused message of the asset: wait for the redelivery
+			return
+		}
+		delete(w.held, a.Seq)
+	}
 	payload := it.msg.Payload()
 	if len(payload) > s.cfg.MaxPayloadBytes {
 		s.drop(w, it, resultOversize, a.ID, "mqtt payload over the size limit dropped", "asset", a.ID, "bytes", len(payload), "limit", s.cfg.MaxPayloadBytes)
@@ -305,6 +325,7 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 	s.m.handleDur.Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.count(resultRejected)
+		w.held[a.Seq] = it.gen
 		s.refusedAt.CompareAndSwap(0, it.recv.UnixNano())
 		w.logs.log(s.log, rateKey{resultRejected, a.ID}, it.recv, "handler refused an mqtt reading; not acknowledged", "asset", a.ID, "err", err)
 		return

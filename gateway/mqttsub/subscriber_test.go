@@ -539,3 +539,43 @@ func TestSharedSubscription(t *testing.T) {
 		}
 	}
 }
+
+// A refused message comes back in its place: the asset's later messages are
+// held back until the redelivery, so the handler sees the asset's readings
+// in publish order even across a refusal.
+func TestRefusalKeepsPerAssetOrder(t *testing.T) {
+	m := testenv.StartMosquitto(t)
+	inv := testInventory(t, 2)
+	pub := publisher(t, m, "pub-refuse-order")
+	cfg := baseConfig(m, "gw-refuse-order")
+	cfg.RedeliverAfter = yamlDur(300 * time.Millisecond)
+	refusedOnce := false
+	var order []int64
+	h := &recorder{refuse: func(r *devices.Reading) error {
+		d := r.Get("distance_cm").I
+		if r.Asset.ID == "bin-0000" && d == 2 && !refusedOnce {
+			refusedOnce = true
+			return errors.New("transient")
+		}
+		if r.Asset.ID == "bin-0000" {
+			order = append(order, d)
+		}
+		return nil
+	}}
+	s := startSub(t, cfg, inv, h)
+	waitFor(t, 10*time.Second, "subscribed", s.Connected)
+	for i := range 8 {
+		publish(t, pub, "city/bins/bin-0000/telemetry", binPayload(time.Now(), 1, i))
+		publish(t, pub, "city/bins/bin-0001/telemetry", binPayload(time.Now(), 1, 100+i))
+	}
+	waitFor(t, 20*time.Second, "all 16 accepted", func() bool { return h.count() == 16 })
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	want := []int64{0, 1, 2, 3, 4, 5, 6, 7}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Errorf("bin-0000 readings in order %v, want %v", order, want)
+	}
+	if !refusedOnce {
+		t.Error("the refusal never happened")
+	}
+}
