@@ -11,6 +11,10 @@ import (
 	"time"
 )
 
+// clockSkew widens reconciliation lookups' date ranges: the case system
+// dates records by its own clock.
+const clockSkew = time.Hour
+
 // open311Sink speaks Open311 GeoReport v2 with the mySociety
 // servicerequestupdates extension.
 type open311Sink struct {
@@ -226,8 +230,8 @@ func (o *open311Sink) open(ctx context.Context, op *op) result {
 func (o *open311Sink) find(ctx context.Context, c *Case, since time.Time) (string, result) {
 	q := url.Values{}
 	q.Set("service_code", o.serviceCode(c.Service))
-	q.Set("start_date", since.Add(-10*time.Minute).UTC().Format(time.RFC3339))
-	q.Set("end_date", o.now().Add(10*time.Minute).UTC().Format(time.RFC3339))
+	q.Set("start_date", since.Add(-clockSkew).UTC().Format(time.RFC3339))
+	q.Set("end_date", o.now().Add(clockSkew).UTC().Format(time.RFC3339))
 	var reqs []request
 	if r := o.get(ctx, "/requests.json", q, &reqs); !r.ok {
 		return "", r
@@ -258,8 +262,8 @@ func (o *open311Sink) update(ctx context.Context, op *op, sc *sinkCase) result {
 			to = op.At
 		}
 		q := url.Values{}
-		q.Set("start_date", from.Add(-10*time.Minute).UTC().Format(time.RFC3339))
-		q.Set("end_date", to.Add(10*time.Minute).UTC().Format(time.RFC3339))
+		q.Set("start_date", from.Add(-clockSkew).UTC().Format(time.RFC3339))
+		q.Set("end_date", to.Add(clockSkew).UTC().Format(time.RFC3339))
 		var ups []struct {
 			UpdateID idString `json:"update_id"`
 		}
