@@ -98,7 +98,7 @@ func (c *Client) deliverPass(ctx context.Context, s *sinkRT) {
 				continue
 			}
 		}
-		if o.Kind == opOpen && !c.allowOpen(s, o.Rule, now) {
+		if o.Kind == opOpen && o.Attempts == 0 && !c.allowOpen(s, o.Rule, now) {
 			if !s.throttled[o.Seq] {
 				s.throttled[o.Seq] = true
 				c.m.throttled.WithLabelValues(o.Rule, s.cfg.Name).Inc()
