@@ -1,8 +1,10 @@
 package mqttsub
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseTemplate(t *testing.T) {
@@ -183,6 +185,54 @@ func FuzzTemplateMatch(f *testing.F) {
 		// The filter must parse again to the same filter (it is what we subscribe).
 		if tm.Share == "" && !tm.HasAsset() && tm.Filter != tmpl {
 			t.Fatalf("filter %q differs from template %q without placeholders", tm.Filter, tmpl)
+		}
+	})
+}
+
+// FuzzMessage feeds arbitrary topics and payloads through the worker path:
+// it must not panic, must count each message exactly once, and must
+// acknowledge everything it does not refuse.
+func FuzzMessage(f *testing.F) {
+	f.Add("city/bins/bin-0000/telemetry", []byte(`{"ts":1764130000123,"fill":{"pct":73.5,"dist_cm":31},"fw":"3.1.4"}`))
+	f.Add("city/bins/bin-0001/telemetry", []byte(`{"fill":{"pct":"x"},"lid_open":1}`))
+	f.Add("city/bins//telemetry", []byte(`{}`))
+	f.Add("legacy/bin9/data", []byte(`[`))
+	f.Add("city/bins/lamp-1/telemetry", []byte(`{"fill":{"pct":1e999}}`))
+	inv := testInventory(f, 2)
+	h := &countingHandler{} // panics if handed a reading without values
+	s, err := New(Config{Broker: "tcp://127.0.0.1:1", ClientID: "fuzz", Workers: 1, MaxPayloadBytes: 4096,
+		Subscriptions: []Subscription{{Topic: "city/bins/{asset}/telemetry"}, {Topic: "legacy/#"}}}, inv, h, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	w := newWorker(time.Minute)
+	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
+		before := uint64(0)
+		for r := range nResults {
+			before += s.counts[r].Load()
+		}
+		m := &inMsg{topic: topic, payload: payload}
+		it := item{msg: m, recv: time.Now(), tmpl: -1, gen: s.gen.Load()}
+		for i, tm := range s.tmpls {
+			if a, ok := tm.Match(topic); ok {
+				it.tmpl, it.asset = i, a
+				break
+			}
+		}
+		s.inflight.Add(1)
+		s.process(context.Background(), w, it)
+		after := uint64(0)
+		for r := range nResults {
+			after += s.counts[r].Load()
+		}
+		if after != before+1 {
+			t.Fatalf("message counted %d times", after-before)
+		}
+		if m.acks.Load() != 1 {
+			t.Fatalf("message acknowledged %d times (the handler never refuses)", m.acks.Load())
+		}
+		if s.inflight.Load() != 0 {
+			t.Fatalf("inflight %d", s.inflight.Load())
 		}
 	})
 }
