@@ -61,7 +61,9 @@ func TestConfigValidate(t *testing.T) {
 		{"bad url", func(c *Config) { c.Sinks[0].URL = "ftp://x" }, "cases.sinks[0].url"},
 		{"no api key", func(c *Config) { c.Sinks[0].APIKey = "" }, "api_key"},
 		{"bad type", func(c *Config) { c.Sinks[0].Type = "email" }, "type"},
-		{"bad secret", func(c *Config) { c.Sinks[0] = SinkConfig{Name: "h", Type: SinkWebhook, URL: "http://x", Secret: "s3cret"} }, "whsec_"},
+		{"bad secret", func(c *Config) {
+			c.Sinks[0] = SinkConfig{Name: "h", Type: SinkWebhook, URL: "http://x", Secret: "s3cret"}
+		}, "whsec_"},
 	}
 	for _, tc := range cases {
 		c := Config{Outbox: "/tmp/x.db", Sinks: []SinkConfig{ok}}

@@ -161,4 +161,3 @@ func TestGroupInhibitionOpensOneCase(t *testing.T) {
 		t.Errorf("%d requests after clearing, want 1", n)
 	}
 }
-

@@ -215,7 +215,6 @@ func (r *running) counter(name string, labels ...string) float64 {
 	return total
 }
 
-
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
