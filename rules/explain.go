@@ -61,12 +61,12 @@ type TimelineEvent struct {
 
 // Verdict is the state machine's view at the explanation time.
 type Verdict struct {
-	State      string    `json:"state"`               // inactive, pending or firing
-	Since      time.Time `json:"since,omitzero"`      // episode start
-	FiresAt    time.Time `json:"fires_at,omitzero"`   // pending: when it fires if the condition keeps holding
-	FiredAt    time.Time `json:"fired_at,omitzero"`   // firing: when it fired
+	State      string    `json:"state"`                // inactive, pending or firing
+	Since      time.Time `json:"since,omitzero"`       // episode start
+	FiresAt    time.Time `json:"fires_at,omitzero"`    // pending: when it fires if the condition keeps holding
+	FiredAt    time.Time `json:"fired_at,omitzero"`    // firing: when it fired
 	FalseSince time.Time `json:"false_since,omitzero"` // firing: the condition has been false since
-	ClearsAt   time.Time `json:"clears_at,omitzero"`  // firing: when it clears if the condition stays false
+	ClearsAt   time.Time `json:"clears_at,omitzero"`   // firing: when it clears if the condition stays false
 	Muted      string    `json:"muted,omitempty"`
 	Members    int       `json:"members"` // assets of the group meeting the condition
 	Need       int       `json:"need"`    // how many must
@@ -76,23 +76,23 @@ type Verdict struct {
 
 // Explanation says why a rule did or did not fire for an asset.
 type Explanation struct {
-	Rule        string          `json:"rule"`
-	Asset       string          `json:"asset"`
-	Group       string          `json:"group"`
-	When        string          `json:"when,omitempty"`
-	Absent      string          `json:"absent,omitempty"`
-	For         string          `json:"for"`
-	KeepFiring  string          `json:"keep_firing_for"`
-	At          time.Time       `json:"at"`           // the explanation time (end of the replay)
-	From        time.Time       `json:"from"`         // start of the replayed range
-	Readings    int             `json:"readings"`     // readings replayed (the group's, for group rules)
-	AssetLast   time.Time       `json:"asset_last,omitzero"` // the asset's last reading: when the tree was evaluated
-	Values      map[string]any  `json:"values,omitempty"`    // the asset's last reading
-	Result      *bool           `json:"result,omitempty"`    // the condition at AssetLast
-	Tree        *ExprNode       `json:"tree,omitempty"`
-	Windows     []WindowUse     `json:"windows,omitempty"`
-	Timeline    []TimelineEvent `json:"timeline"`
-	Verdict     Verdict         `json:"verdict"`
+	Rule       string          `json:"rule"`
+	Asset      string          `json:"asset"`
+	Group      string          `json:"group"`
+	When       string          `json:"when,omitempty"`
+	Absent     string          `json:"absent,omitempty"`
+	For        string          `json:"for"`
+	KeepFiring string          `json:"keep_firing_for"`
+	At         time.Time       `json:"at"`                  // the explanation time (end of the replay)
+	From       time.Time       `json:"from"`                // start of the replayed range
+	Readings   int             `json:"readings"`            // readings replayed (the group's, for group rules)
+	AssetLast  time.Time       `json:"asset_last,omitzero"` // the asset's last reading: when the tree was evaluated
+	Values     map[string]any  `json:"values,omitempty"`    // the asset's last reading
+	Result     *bool           `json:"result,omitempty"`    // the condition at AssetLast
+	Tree       *ExprNode       `json:"tree,omitempty"`
+	Windows    []WindowUse     `json:"windows,omitempty"`
+	Timeline   []TimelineEvent `json:"timeline"`
+	Verdict    Verdict         `json:"verdict"`
 }
 
 // ExplainOptions say what to explain.
