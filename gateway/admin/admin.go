@@ -54,6 +54,20 @@ func (s *Server) SetStatus(f func() any) { s.status = f }
 // Handle adds a handler (token-protected) to the server's mux.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, s.auth(h)) }
 
+// HandleLifecycle adds a handler that changes the gateway (reload): it
+// always requires the bearer token, and is refused with 403 when no token is
+// configured, so that nothing on the machine can reconfigure the gateway
+// unless the operator chose a secret for it.
+func (s *Server) HandleLifecycle(pattern string, h http.Handler) {
+	if s.token == "" {
+		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "lifecycle endpoints are disabled: set admin.token to enable them", http.StatusForbidden)
+		})
+		return
+	}
+	s.mux.Handle(pattern, s.auth(h))
+}
+
 // Handler returns the server's handler, for tests.
 func (s *Server) Handler() http.Handler { return s.mux }
 

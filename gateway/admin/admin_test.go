@@ -62,3 +62,25 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("readyz when ready = %d %q", code, body)
 	}
 }
+
+func TestLifecycleNeedsToken(t *testing.T) {
+	called := 0
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { called++ })
+	for _, tt := range []struct {
+		token, auth string
+		code, calls int
+	}{{"", "", 403, 0}, {"", "Bearer x", 403, 0}, {"tok", "", 401, 0}, {"tok", "Bearer tok", 200, 1}} {
+		called = 0
+		s := New(prometheus.NewRegistry(), tt.token, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		s.HandleLifecycle("POST /-/reload", h)
+		req := httptest.NewRequest("POST", "/-/reload", nil)
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		if rec.Code != tt.code || called != tt.calls {
+			t.Errorf("token %q auth %q: %d, %d calls; want %d, %d", tt.token, tt.auth, rec.Code, called, tt.code, tt.calls)
+		}
+	}
+}

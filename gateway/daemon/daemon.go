@@ -8,12 +8,15 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -247,6 +250,11 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 		})
 	}
 	adm.SetStatus(g.Status)
+	if g.engine != nil {
+		adm.HandleLifecycle("POST /-/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			g.reload(w, log)
+		}))
+	}
 
 	// Sources stop with ctx; the rules and the writer keep running until the
 	// sources have returned, so nothing accepted is left unwritten.
@@ -262,11 +270,7 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 				case <-writerCtx.Done():
 					return nil
 				case <-reload:
-					if err := g.engine.Reload(); err != nil {
-						log.Error("rule reload failed; the previous rules keep running", "err", err)
-					} else {
-						log.Info("rules reloaded")
-					}
+					g.reload(nil, log)
 				}
 			}
 		})
@@ -291,6 +295,37 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 		srcErr = nil
 	}
 	return srcErr
+}
+
+// reload reloads the rules (SIGHUP or POST /-/reload) and, for HTTP,
+// answers with the check result: 200 and the rule count, or 422 and the
+// errors (file:line:col) while the previous rules keep running.
+func (g *Gateway) reload(w http.ResponseWriter, log *slog.Logger) {
+	// Expand the patterns again so that a rule file added since the start
+	// is picked up (the engine's file watch only sees the files it loaded).
+	files, err := g.d.Config.RuleFiles()
+	if err == nil {
+		err = g.engine.Load(files...)
+	}
+	if err != nil {
+		log.Error("rule reload failed; the previous rules keep running", "err", err)
+	} else {
+		log.Info("rules reloaded")
+	}
+	if w == nil {
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	res := struct {
+		OK     bool     `json:"ok"`
+		Files  []string `json:"files"`
+		Errors []string `json:"errors,omitempty"`
+	}{OK: err == nil, Files: files}
+	if err != nil {
+		res.Errors = strings.Split(err.Error(), "\n")
+		w.WriteHeader(http.StatusUnprocessableEntity)
+	}
+	json.NewEncoder(w).Encode(res)
 }
 
 // Status is the /status document.

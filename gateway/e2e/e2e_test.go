@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
+	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -131,7 +135,13 @@ func TestEndToEnd(t *testing.T) {
 				Up    bool
 			} `json:"modbus"`
 		}
-		getJSON(t, g.admin+"/status", &status)
+		code, body := g.do(t, "GET", "/status")
+		if code != http.StatusOK {
+			t.Fatalf("/status: HTTP %d: %s", code, body)
+		}
+		if err := json.Unmarshal([]byte(body), &status); err != nil {
+			t.Fatal(err)
+		}
 		for _, d := range status.Modbus {
 			if d.Asset == silent.ID && d.Up {
 				t.Errorf("/status says %s is up", silent.ID)
@@ -162,6 +172,30 @@ func TestEndToEnd(t *testing.T) {
 		t.Logf("flow resumed %v after mosquitto restarted", time.Since(restarted).Round(100*time.Millisecond))
 		if n := g.metric(t, "citygw_mqtt_reconnects_total"); !(n >= 1) {
 			t.Errorf("citygw_mqtt_reconnects_total = %v, want at least 1", n)
+		}
+	})
+
+	t.Run("rules reload over HTTP answers with the check result", func(t *testing.T) {
+		loaded := g.metric(t, "citygw_rules_loaded")
+		broken := filepath.Join(g.rulesDir, "zz-broken.yaml")
+		os.WriteFile(broken, []byte("rules:\n  - id: bin.broken\n    kind: waste_bin\n    when: fill_pct > \"lots\"\n    severity: minor\n    case: {service: bin_overflow, title: t}\n"), 0o644)
+		code, body := g.do(t, "POST", "/-/reload")
+		if code != http.StatusUnprocessableEntity || !strings.Contains(body, "zz-broken.yaml:4:") {
+			t.Errorf("reload with a broken file: HTTP %d %s; want 422 naming zz-broken.yaml:4", code, body)
+		}
+		if got := g.metric(t, "citygw_rules_loaded"); got != loaded {
+			t.Errorf("after a failed reload %v rules are loaded, want the previous %v", got, loaded)
+		}
+		if v := g.metric(t, "citygw_rules_last_reload_success"); v != 0 {
+			t.Errorf("citygw_rules_last_reload_success = %v after a failed reload", v)
+		}
+		os.WriteFile(broken, []byte("rules:\n  - id: bin.nearly_full_shadow\n    kind: waste_bin\n    when: fill_pct > 95\n    shadow: true\n    severity: minor\n    case: {service: bin_overflow, title: t}\n"), 0o644)
+		code, body = g.do(t, "POST", "/-/reload")
+		if code != http.StatusOK || !strings.Contains(body, `"ok":true`) {
+			t.Errorf("reload with a fixed file: HTTP %d %s", code, body)
+		}
+		if got := g.metric(t, "citygw_rules_loaded"); got != loaded+1 {
+			t.Errorf("after the reload %v rules are loaded, want %v", got, loaded+1)
 		}
 	})
 
@@ -208,6 +242,10 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("%v MQTT messages failed to decode", v)
 		}
 	})
+
+	if strings.Contains(g.proc.Output(), adminToken) {
+		t.Error("the gateway logged its admin token")
+	}
 }
 
 // checkModbusAsset compares every stored point of a Modbus asset with what

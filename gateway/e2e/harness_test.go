@@ -138,16 +138,52 @@ func (c *city) inject(t testing.TB, fault, asset string, dur time.Duration) {
 
 // gateway is a running gateway process.
 type gateway struct {
-	proc  *testenv.Process
-	admin string
+	proc     *testenv.Process
+	admin    string
+	token    string // the admin bearer token
+	rulesDir string // the rule files it loads (copies of configs/rules)
+}
+
+// adminToken is the bearer token the test gateway's admin listener requires;
+// no log line may contain it.
+const adminToken = "e2e-admin-token-5c1f9a"
+
+// do sends an authenticated admin request.
+func (g *gateway) do(t testing.TB, method, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, g.admin+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+g.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 func startGateway(t *testing.T, bin, dir string, c *city, db *testenv.InfluxDB, mqttURL string) *gateway {
 	t.Helper()
-	g := &gateway{admin: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
+	g := &gateway{admin: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), token: adminToken, rulesDir: filepath.Join(dir, "rules")}
+	if err := os.MkdirAll(g.rulesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shipped, _ := filepath.Glob(filepath.Join(repoRoot(t), "configs", "rules", "*.yaml"))
+	for _, f := range shipped {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(g.rulesDir, filepath.Base(f)), b, 0o644)
+	}
+	tokenFile := filepath.Join(dir, "admin.token")
+	os.WriteFile(tokenFile, []byte(adminToken+"\n"), 0o600)
 	cfg := fmt.Sprintf(`gateway: {id: gw-e2e, data_dir: %q}
 inventory: %q
-admin: {listen: %q}
+admin: {listen: %q, token: {file: %q}}
 log: {level: info}
 influxdb:
   url: %s
@@ -166,8 +202,8 @@ modbus:
   backoff_max: 5s
 rules:
   files: [%q]
-`, filepath.Join(dir, "state"), c.invFile, g.admin, db.URL(), db.Bucket(), mqttURL,
-		filepath.Join(repoRoot(t), "configs", "rules", "*.yaml"))
+`, filepath.Join(dir, "state"), c.invFile, g.admin, tokenFile, db.URL(), db.Bucket(), mqttURL,
+		filepath.Join(g.rulesDir, "*.yaml"))
 	file := filepath.Join(dir, "gateway.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -193,14 +229,12 @@ var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S
 // label given (as `key="value"`), or NaN.
 func (g *gateway) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get(g.admin + "/metrics")
-	if err != nil {
-		t.Fatalf("scraping metrics: %v", err)
+	code, body := g.do(t, "GET", "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("scraping metrics: HTTP %d: %s", code, body)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 lines:
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		m := metricLine.FindStringSubmatch(line)
 		if m == nil || m[1] != name {
 			continue
