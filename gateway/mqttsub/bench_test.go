@@ -137,6 +137,7 @@ func TestAckDecisions(t *testing.T) {
 		{"city/bins/bin-9999/telemetry", `{"fill":{"pct":5}}`, true, resultUnknownAsset},
 		{"city/bins/bin-0000/telemetry", `{"fill":{"pct":5},"x":"` + string(make([]byte, 300)) + `"}`, true, resultOversize},
 		{"city/bins/bin-0000/telemetry", `nope`, true, resultDecodeError},
+		{"city/bins/bin-0000/telemetry", `{"other":1,"ts":1764130000123}`, true, resultDecodeError}, // none of the fields
 		{"city/bins/bin-0000/telemetry", `{"fill":{"pct":true},"temp_c":3}`, true, resultDecodeError},
 		{"city/bins/bin-0000/telemetry", `{"fill":{"pct":true}}`, true, resultDecodeError}, // nothing to refuse: not handed on
 		// Behind bin-0001's refused message, its next ones wait too (even a bad one).

@@ -302,6 +302,11 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 	r.Reset(a)
 	ts, err := a.Profile.DecodeJSON(payload, r)
 	res := resultOK
+	if err == nil && r.NumValid() == 0 {
+		// Valid JSON without any of the profile's fields: nothing to store
+		// (InfluxDB refuses a point without fields).
+		err = errors.New("payload carries none of the profile's fields")
+	}
 	if err != nil {
 		res = resultDecodeError
 		s.m.decodeErrs[a.Seq].Add(float64(countErrors(err)))
