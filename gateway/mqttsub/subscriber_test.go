@@ -579,3 +579,23 @@ func TestRefusalKeepsPerAssetOrder(t *testing.T) {
 		t.Error("the refusal never happened")
 	}
 }
+
+// A gateway may start before its broker: Run keeps trying and connects when
+// the broker appears.
+func TestBrokerStartsLater(t *testing.T) {
+	m := testenv.StartMosquitto(t)
+	m.Stop()
+	inv := testInventory(t, 1)
+	cfg := baseConfig(m, "gw-early")
+	cfg.MaxReconnectInterval = yamlDur(time.Second)
+	h := &recorder{}
+	s := startSub(t, cfg, inv, h)
+	waitFor(t, 10*time.Second, "a failed attempt logged", func() bool { return strings.Contains(s.log.String(), "connect failed") })
+	if s.Connected() {
+		t.Fatal("connected without a broker")
+	}
+	m.Start()
+	waitFor(t, 20*time.Second, "connected once the broker is up", s.Connected)
+	publish(t, publisher(t, m, "pub-early"), "city/bins/bin-0000/telemetry", binPayload(time.Now(), 5, 5))
+	waitFor(t, 10*time.Second, "a reading", func() bool { return h.count() == 1 })
+}
