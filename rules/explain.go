@@ -457,6 +457,10 @@ func summary(cr *compiledRule, a *devices.Asset, key string, at time.Time, ex *E
 		// The last episode that never made it to firing.
 		for i := len(ex.Timeline) - 1; i > 0; i-- {
 			cur, prev := ex.Timeline[i], ex.Timeline[i-1]
+			if cur.State == "inactive" && prev.State == "pending" && prev.Since.Equal(ex.From) {
+				fmt.Fprintf(&b, "; it held from the start of the replay (%s) until %s: replay more history (-lookback) to see where it began", ts(ex.From), ts(cur.Time))
+				break
+			}
 			if cur.State == "inactive" && prev.State == "pending" {
 				fmt.Fprintf(&b, "; it last held from %s until %s (%s), shorter than for %s", ts(prev.Since), ts(cur.Time),
 					cur.Time.Sub(prev.Since).Round(time.Second), cr.forD)
@@ -527,6 +531,9 @@ func WriteExplanation(w io.Writer, ex *Explanation) {
 	fmt.Fprintf(w, "  for: %s   keep_firing_for: %s\n", ex.For, ex.KeepFiring)
 	fmt.Fprintf(w, "  replayed %d reading(s) from %s to %s\n\n", ex.Readings, ts(ex.From), ts(ex.At))
 	fmt.Fprintf(w, "VERDICT at %s: %s\n", ts(ex.At), ex.Verdict.Summary)
+	if !ex.Verdict.Since.IsZero() && ex.Verdict.Since.Equal(ex.From) {
+		fmt.Fprintf(w, "  (the condition already held when the replay began, so the episode may have started earlier: use -lookback)\n")
+	}
 	if ex.Verdict.Need > 1 || ex.Verdict.GroupSize > 0 {
 		fmt.Fprintf(w, "  group %s: %d asset(s) meet the condition, %d needed, %d in the group\n", ex.Group, ex.Verdict.Members, ex.Verdict.Need, ex.Verdict.GroupSize)
 	}

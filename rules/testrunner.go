@@ -293,70 +293,7 @@ func runTestCase(cat *devices.Catalog, loc *time.Location, tf *TestFile, tc *Tes
 	if tc.Start.IsZero() {
 		return "", doc.Errorf(at+".start", "start", "required: the time of the first sample (RFC 3339 with zone)")
 	}
-	// Build the inventory from the test's assets.
-	var assets []*devices.Asset
-	type input struct {
-		a      *devices.Asset
-		fields []int
-		series [][]sample
-	}
-	var inputs []input
-	steps := 0
-	for j, ta := range tc.Assets {
-		aat := fmt.Sprintf("%s.assets[%d]", at, j)
-		model := ta.Profile
-		if model == "" {
-			for _, m := range sortedKeys(cat.Profiles) {
-				if cat.Profiles[m].Kind == ta.Kind {
-					model = m
-					break
-				}
-			}
-		}
-		p := cat.Profile(model)
-		if p == nil {
-			return "", doc.Errorf(aat, "profile", "give a known profile or kind (profile %q, kind %q)", ta.Profile, ta.Kind)
-		}
-		a := &devices.Asset{ID: ta.ID, Model: model, Lat: ta.Lat, Lon: ta.Lon, District: ta.District, Grid: ta.Grid, Attrs: map[string]any{}}
-		for k, v := range ta.Attrs {
-			switch x := v.(type) {
-			case int:
-				a.Attrs[k] = float64(x)
-			case uint64:
-				a.Attrs[k] = float64(x)
-			case int64:
-				a.Attrs[k] = float64(x)
-			default:
-				a.Attrs[k] = v
-			}
-		}
-		if p.Transport == devices.Modbus {
-			a.Modbus = &devices.ModbusAddr{Host: fmt.Sprintf("127.0.0.%d:%d", 1+j/200, 502), Unit: uint8(1 + j%200)}
-		}
-		schema := cat.Kinds[p.Kind]
-		in := input{a: a}
-		for _, fname := range sortedKeys(ta.Series) {
-			idx, ok := schema.Index(fname)
-			if !ok {
-				return "", doc.Errorf(aat+".series."+fname, "series."+fname, "kind %s has no field %s", p.Kind, fname)
-			}
-			ss, err := ParseSeries(string(ta.Series[fname]))
-			if err != nil {
-				return "", doc.Errorf(aat+".series."+fname, "series."+fname, "%v", err)
-			}
-			for k, smp := range ss {
-				if _, err := smp.value(schema.Fields[idx].Type); err != nil {
-					return "", doc.Errorf(aat+".series."+fname, "series."+fname, "sample %d: %v", k+1, err)
-				}
-			}
-			in.fields = append(in.fields, idx)
-			in.series = append(in.series, ss)
-			steps = max(steps, len(ss))
-		}
-		assets = append(assets, a)
-		inputs = append(inputs, in)
-	}
-	inv, err := devices.NewInventory(cat, assets)
+	inv, inputs, steps, err := buildTestInputs(cat, tc, doc, at)
 	if err != nil {
 		return "", err
 	}
@@ -560,4 +497,78 @@ func CheckWith(cat *devices.Catalog, inv *devices.Inventory, files ...string) er
 	}
 	_, err := compileFiles(cat, inv, files)
 	return err
+}
+
+// testInput is one asset of a test case with its parsed series.
+type testInput struct {
+	a      *devices.Asset
+	fields []int
+	series [][]sample
+}
+
+// buildTestInputs makes the inventory of a test case's assets and parses
+// their series; steps is the length of the longest series.
+func buildTestInputs(cat *devices.Catalog, tc *TestCase, doc *yamlconf.Doc, at string) (*devices.Inventory, []testInput, int, error) {
+	var assets []*devices.Asset
+	var inputs []testInput
+	steps := 0
+	for j, ta := range tc.Assets {
+		aat := fmt.Sprintf("%s.assets[%d]", at, j)
+		model := ta.Profile
+		if model == "" {
+			for _, m := range sortedKeys(cat.Profiles) {
+				if cat.Profiles[m].Kind == ta.Kind {
+					model = m
+					break
+				}
+			}
+		}
+		p := cat.Profile(model)
+		if p == nil {
+			return nil, nil, 0, doc.Errorf(aat, "profile", "give a known profile or kind (profile %q, kind %q)", ta.Profile, ta.Kind)
+		}
+		a := &devices.Asset{ID: ta.ID, Model: model, Lat: ta.Lat, Lon: ta.Lon, District: ta.District, Grid: ta.Grid, Attrs: map[string]any{}}
+		for k, v := range ta.Attrs {
+			switch x := v.(type) {
+			case int:
+				a.Attrs[k] = float64(x)
+			case uint64:
+				a.Attrs[k] = float64(x)
+			case int64:
+				a.Attrs[k] = float64(x)
+			default:
+				a.Attrs[k] = v
+			}
+		}
+		if p.Transport == devices.Modbus {
+			a.Modbus = &devices.ModbusAddr{Host: fmt.Sprintf("127.0.0.%d:%d", 1+j/200, 502), Unit: uint8(1 + j%200)}
+		}
+		schema := cat.Kinds[p.Kind]
+		in := testInput{a: a}
+		for _, fname := range sortedKeys(ta.Series) {
+			idx, ok := schema.Index(fname)
+			if !ok {
+				return nil, nil, 0, doc.Errorf(aat+".series."+fname, "series."+fname, "kind %s has no field %s", p.Kind, fname)
+			}
+			ss, err := ParseSeries(string(ta.Series[fname]))
+			if err != nil {
+				return nil, nil, 0, doc.Errorf(aat+".series."+fname, "series."+fname, "%v", err)
+			}
+			for k, smp := range ss {
+				if _, err := smp.value(schema.Fields[idx].Type); err != nil {
+					return nil, nil, 0, doc.Errorf(aat+".series."+fname, "series."+fname, "sample %d: %v", k+1, err)
+				}
+			}
+			in.fields = append(in.fields, idx)
+			in.series = append(in.series, ss)
+			steps = max(steps, len(ss))
+		}
+		assets = append(assets, a)
+		inputs = append(inputs, in)
+	}
+	inv, err := devices.NewInventory(cat, assets)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return inv, inputs, steps, nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -31,7 +33,7 @@ func TestExitCodes(t *testing.T) {
 		{"test a rule file is an error", []string{"test", bad}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := run(tc.args); got != tc.want {
+			if got := run(context.Background(), tc.args, io.Discard, io.Discard); got != tc.want {
 				t.Fatalf("exit %d, want %d", got, tc.want)
 			}
 		})
