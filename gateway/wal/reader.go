@@ -113,9 +113,11 @@ func (w *WAL) segmentAtLocked() *segment {
 func (w *WAL) fillLocked(b *influx.Batch) (full bool, err error) {
 	ref := b.Ref.(*batchRef)
 	maxLines, maxBytes := w.cfg.MaxBatchLines, int(w.cfg.MaxBatchBytes)
+	var last int64 // append time of the last record read
 	for {
 		if b.Points >= maxLines {
-			return true, nil
+			full = true
+			break
 		}
 		s := w.segmentAtLocked()
 		if s == nil || w.closed {
@@ -164,6 +166,7 @@ func (w *WAL) fillLocked(b *influx.Batch) (full bool, err error) {
 			if b.Points == 0 {
 				ref.first = t
 			}
+			last = t
 			b.Lines = append(b.Lines, payload...)
 			if need > len(payload) {
 				b.Lines = append(b.Lines, '\n')
@@ -186,7 +189,7 @@ func (w *WAL) fillLocked(b *influx.Batch) (full bool, err error) {
 			}
 		}
 		if full {
-			return true, nil
+			break
 		}
 		if derr == nil {
 			continue
@@ -212,8 +215,8 @@ func (w *WAL) fillLocked(b *influx.Batch) (full bool, err error) {
 	// the last record read.
 	if s := w.segmentAtLocked(); s == nil || w.rpos >= s.end() && s == w.segs[len(w.segs)-1] {
 		w.unreadSince = 0
-	} else if b.Points > 0 {
-		w.unreadSince = ref.first
+	} else if last > 0 {
+		w.unreadSince = last
 	}
 	return full, nil
 }
