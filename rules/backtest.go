@@ -127,7 +127,12 @@ func Backtest(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory,
 	}
 	kinds := opts.Kinds
 	if len(kinds) == 0 {
-		kinds = sortedKeys(set.kinds)
+		// The kinds the rules watch that the inventory has.
+		for _, k := range inv.Kinds() {
+			if set.kinds[k] != nil {
+				kinds = append(kinds, k)
+			}
+		}
 	}
 	for _, k := range kinds {
 		if cat.Kinds[k] == nil {
