@@ -315,7 +315,7 @@ func (w *WAL) Done(b *influx.Batch, written bool) {
 	b.Points = 0
 	ref.parts = ref.parts[:0]
 	ref.first, ref.end = 0, 0
-	if len(w.free) < 4 && cap(b.Lines) <= int(w.cfg.MaxBatchBytes)+int(w.cfg.MaxRecordBytes)+1 {
+	if len(w.free) < 2 && cap(b.Lines) <= int(w.cfg.MaxBatchBytes)+int(w.cfg.MaxRecordBytes)+1 {
 		w.free = append(w.free, b)
 	}
 }

@@ -235,12 +235,23 @@ func (w *WAL) recover() error {
 	var buf []byte
 	var firstUnacked int64
 	for i, s := range w.segs {
-		if i > 0 && s.base < w.segs[i-1].end() {
-			return fmt.Errorf("WAL segments %s and %s overlap", w.segs[i-1].path, s.path)
-		}
 		buf, err = readFile(s.path, buf)
 		if err != nil {
 			return fmt.Errorf("reading WAL segment: %w", err)
+		}
+		// A segment running into the next one holds the rest of a write that
+		// failed (its Appends got the error): cut it off.
+		if i+1 < len(w.segs) && int64(len(buf)) > w.segs[i+1].base-s.base {
+			limit := w.segs[i+1].base - s.base
+			w.log.Warn("WAL segment runs into the next one; cutting off the rest of a failed write",
+				"segment", s.path, "offset", limit, "bytes_cut", int64(len(buf))-limit)
+			if err := os.Truncate(s.path, limit); err != nil {
+				return fmt.Errorf("cutting WAL segment %s: %w", s.path, err)
+			}
+			buf = buf[:limit]
+			repaired = true
+			w.corruptN++
+			w.m.corrupt.Inc()
 		}
 		fixed, err := w.scan(s, buf, &firstUnacked)
 		if err != nil {

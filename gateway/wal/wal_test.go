@@ -640,3 +640,27 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("the waiting Append returned %v after Close, want the ENOSPC error", err)
 	}
 }
+
+// TestSegmentOverrun: a segment holding more than fits before the next one
+// (the rest of a group whose write failed, then a new segment was started)
+// is cut back at Open instead of failing it.
+func TestSegmentOverrun(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Dir: dir, SegmentBytes: 4 << 10, Sync: SyncNone}
+	w, _ := open(t, cfg)
+	appendN(t, w, 0, 200)
+	w.Close()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.wal"))
+	sort.Strings(files)
+	f, err := os.OpenFile(files[0], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(appendRecord(nil, 1, []byte("stray 1\n")))
+	f.Close()
+	w, _ = open(t, cfg)
+	if st := w.Stats(); st.Corrupt != 1 || st.Backlog != 200 {
+		t.Fatalf("reopened: %+v", st)
+	}
+	wantLines(t, drainAll(t, w), seq(0, 200))
+}
