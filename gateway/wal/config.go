@@ -131,7 +131,17 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Validate checks a configuration after defaults are applied.
+// Validate checks the configuration as Open does, defaults applied; a
+// disabled WAL is not checked. For the gateway's check command.
+func (c Config) Validate() error {
+	if !c.On() {
+		return nil
+	}
+	c.setDefaults()
+	return c.validate()
+}
+
+// validate checks a configuration after defaults are applied.
 func (c *Config) validate() error {
 	var errs []error
 	if c.Dir == "" {

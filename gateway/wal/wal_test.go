@@ -106,6 +106,7 @@ func TestConfig(t *testing.T) {
 	}{
 		{"dir: /x\nmax_bytes: 64MiB\nsegment_bytes: 1MiB\nsync: always\non_full: drop_oldest\nsync_interval: 50ms\n", ""},
 		{"dir: /x\nenabled: false\n", ""},
+		{"enabled: false\nsync: sometimes\n", ""}, // off: not checked
 		{"dir: /x\nmax_bytes: lots\n", "invalid size"},
 		{"dir: /x\nsync: sometimes\n", "wal.sync"},
 		{"dir: /x\non_full: panic\n", "wal.on_full"},
@@ -116,8 +117,7 @@ func TestConfig(t *testing.T) {
 		var c Config
 		_, err := yamlconf.Decode("gw.yaml", []byte(tt.yaml), &c)
 		if err == nil {
-			c.setDefaults()
-			err = c.validate()
+			err = c.Validate()
 		}
 		if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
 			t.Errorf("%q: error %v, want %q", tt.yaml, err, tt.err)
