@@ -467,6 +467,10 @@ func (w *WAL) Append(ctx context.Context, line []byte) error {
 	return nil
 }
 
+// Add is Append, so that a *WAL is a pipeline.LineWriter like the InfluxDB
+// writer's memory queue.
+func (w *WAL) Add(ctx context.Context, line []byte) error { return w.Append(ctx, line) }
+
 // writeGroup writes the pending group, with w.mu held (released during I/O).
 // On a full disk it cuts the partial write off and retries: dropping the
 // oldest segment under drop_oldest, else waiting for acknowledgements; other
