@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/citygw/citygw/caseclient"
 	"github.com/citygw/citygw/devices/yamlconf"
 	"github.com/citygw/citygw/gateway/influx"
 	"github.com/citygw/citygw/gateway/modbuspoll"
@@ -33,6 +34,7 @@ type Config struct {
 	MQTT      *MQTT     `yaml:"mqtt,omitempty"`
 	Modbus    *Modbus   `yaml:"modbus,omitempty"`
 	Rules     Rules     `yaml:"rules,omitempty"`
+	Cases     *Cases    `yaml:"cases,omitempty"`
 	Time      TimeCheck `yaml:"timestamps,omitempty"`
 
 	// File is the path the configuration was loaded from.
@@ -97,6 +99,22 @@ type Modbus struct {
 type Rules struct {
 	// Files are rule files or glob patterns.
 	Files []string `yaml:"files,omitempty"`
+}
+
+// Cases configures the case client: where anomaly episodes become cases.
+type Cases struct {
+	caseclient.Config `yaml:",inline"`
+	// Codes is the city code table (configs/citycodes.yaml).
+	Codes string `yaml:"codes"`
+	// Secrets gives each sink's credentials from the environment or files,
+	// keyed by sink name; they replace api_key/secret written in the sink.
+	Secrets map[string]SinkSecrets `yaml:"secrets,omitempty"`
+}
+
+// SinkSecrets are one case sink's credentials.
+type SinkSecrets struct {
+	APIKey Secret `yaml:"api_key,omitempty"` // Open311 api_key
+	Secret Secret `yaml:"secret,omitempty"`  // webhook signing secret (whsec_…)
 }
 
 // TimeCheck is the plausibility window for device timestamps.
@@ -250,6 +268,34 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 			add(s.path, strings.TrimPrefix(s.path, "$."), "%v", err)
 		}
 	}
+	if cs := c.Cases; cs != nil {
+		if cs.Codes == "" {
+			add("$.cases", "cases.codes", "required: the city code table file")
+		}
+		cs.Codes = abs(cs.Codes)
+		if cs.Outbox == "" {
+			cs.Outbox = filepath.Join(c.Gateway.DataDir, "cases.db") // DataDir is resolved already
+		} else {
+			cs.Outbox = abs(cs.Outbox)
+		}
+		names := map[string]bool{}
+		for _, sk := range cs.Sinks {
+			names[sk.Name] = true
+		}
+		for name, sec := range cs.Secrets {
+			at := "$.cases.secrets." + name
+			if !names[name] {
+				add(at, "cases.secrets."+name, "no sink named %q", name)
+			}
+			for _, p := range []*Secret{&sec.APIKey, &sec.Secret} {
+				p.File = abs(p.File)
+				if _, err := p.Resolve(); p.IsSet() && err != nil {
+					add(at, "cases.secrets."+name, "%v", err)
+				}
+			}
+			cs.Secrets[name] = sec
+		}
+	}
 	if m := c.MQTT; m != nil {
 		m.TLS.CAFile, m.TLS.CertFile, m.TLS.KeyFile = abs(m.TLS.CAFile), abs(m.TLS.CertFile), abs(m.TLS.KeyFile)
 		if m.Broker == "" {
@@ -331,6 +377,37 @@ func (c *Config) MQTTSubscriber() (mqttsub.Config, error) {
 		mc.MaxClockAge = c.Time.MaxClockAge
 	}
 	return mc, nil
+}
+
+// CaseClient returns the case client configuration with the sinks'
+// secrets resolved.
+func (c *Config) CaseClient() (caseclient.Config, error) {
+	if c.Cases == nil {
+		return caseclient.Config{}, errors.New("no cases section")
+	}
+	cc := c.Cases.Config
+	cc.Sinks = append([]caseclient.SinkConfig(nil), cc.Sinks...)
+	for i := range cc.Sinks {
+		sec, ok := c.Cases.Secrets[cc.Sinks[i].Name]
+		if !ok {
+			continue
+		}
+		if sec.APIKey.IsSet() {
+			v, err := sec.APIKey.Resolve()
+			if err != nil {
+				return cc, fmt.Errorf("cases sink %s api_key: %w", cc.Sinks[i].Name, err)
+			}
+			cc.Sinks[i].APIKey = caseclient.Secret(v)
+		}
+		if sec.Secret.IsSet() {
+			v, err := sec.Secret.Resolve()
+			if err != nil {
+				return cc, fmt.Errorf("cases sink %s secret: %w", cc.Sinks[i].Name, err)
+			}
+			cc.Sinks[i].Secret = caseclient.Secret(v)
+		}
+	}
+	return cc, nil
 }
 
 // InfluxWriter returns the writer configuration with its token resolved.

@@ -95,7 +95,8 @@ func TestSecretFile(t *testing.T) {
 }
 
 func TestShippedConfigParses(t *testing.T) {
-	t.Setenv("CITYGW_INFLUX_TOKEN", "")
+	t.Setenv("CITYGW_DESK_API_KEY", "k")
+	t.Setenv("CITYGW_DESK_WEBHOOK_SECRET", "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
 	if _, err := Load("../../configs/gateway.yaml"); err != nil {
 		t.Fatal(err)
 	}

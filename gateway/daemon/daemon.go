@@ -23,7 +23,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/citygw/citygw/caseclient"
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/devices/yamlconf"
 	"github.com/citygw/citygw/gateway/admin"
 	"github.com/citygw/citygw/gateway/config"
 	"github.com/citygw/citygw/gateway/influx"
@@ -39,6 +41,7 @@ type Deployment struct {
 	Catalog   *devices.Catalog
 	Inventory *devices.Inventory
 	RuleFiles []string
+	Codes     *caseclient.CodeTable // nil without a cases section
 }
 
 // Load reads the configuration and everything it names, reporting every
@@ -65,6 +68,13 @@ func Load(cfgFile string) (*Deployment, error) {
 			errs = append(errs, err)
 		}
 	}
+	if cs := cfg.Cases; cs != nil {
+		if d.Codes, err = caseclient.LoadCodeTable(cs.Codes); err != nil {
+			errs = append(errs, err)
+		} else if err := d.checkCodes(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if d.Inventory != nil {
 		if n := len(d.assets(devices.MQTT)); n > 0 && cfg.MQTT == nil {
 			errs = append(errs, fmt.Errorf("%s: the inventory has %d MQTT assets but the config has no mqtt section", cfg.File, n))
@@ -74,6 +84,39 @@ func Load(cfgFile string) (*Deployment, error) {
 		return nil, errors.Join(errs...)
 	}
 	return d, nil
+}
+
+// checkCodes makes sure every service the rules name is in the city code
+// table, with a service code for every Open311 sink.
+func (d *Deployment) checkCodes() error {
+	var services []string
+	seen := map[string]bool{}
+	for _, f := range d.RuleFiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("reading rule file: %w", err)
+		}
+		var rf rules.RuleFile
+		if _, err := yamlconf.Decode(f, data, &rf); err != nil {
+			return err
+		}
+		for _, r := range rf.Rules {
+			if r != nil && r.Case.Service != "" && !seen[r.Case.Service] {
+				seen[r.Case.Service] = true
+				services = append(services, r.Case.Service)
+			}
+		}
+	}
+	var sinks []string
+	for _, s := range d.Config.Cases.Sinks {
+		if s.Type == "open311" {
+			sinks = append(sinks, s.Name)
+		}
+	}
+	if err := d.Codes.Check(services, sinks); err != nil {
+		return fmt.Errorf("%s: %w", d.Config.Cases.Codes, err)
+	}
+	return nil
 }
 
 func (d *Deployment) assets(t devices.Transport) []*devices.Asset {
@@ -124,6 +167,13 @@ func (d *Deployment) Summary(w io.Writer) {
 		fmt.Fprintf(w, "mqtt       %s as %s, %d subscriptions (password %s)\n", c.MQTT.Broker, c.MQTT.ClientID, len(c.MQTT.Subscriptions), c.MQTT.Password)
 	}
 	fmt.Fprintf(w, "rules      %d files\n", len(d.RuleFiles))
+	if cs := c.Cases; cs != nil {
+		fmt.Fprintf(w, "cases      %d services in %s; outbox %s; sinks:", len(d.Codes.Services), cs.Codes, cs.Outbox)
+		for _, s := range cs.Sinks {
+			fmt.Fprintf(w, " %s (%s %s)", s.Name, s.Type, s.URL)
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "admin      http://%s\n", c.Admin.Listen)
 }
 
@@ -162,6 +212,7 @@ type Gateway struct {
 	reg     *prometheus.Registry
 	writer  *influx.Writer
 	engine  *rules.Engine
+	cases   *caseclient.Client
 	poller  *modbuspoll.Poller
 	sub     *mqttsub.Subscriber
 	started time.Time
@@ -192,10 +243,25 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	enc := influx.NewEncoder(c.Gateway.ID)
 	enc.Prepare(d.Inventory)
 
+	var sink rules.Sink = transitionLog{log.With("component", "rules")}
+	if c.Cases != nil {
+		ccfg, err := c.CaseClient()
+		if err != nil {
+			return err
+		}
+		if g.cases, err = caseclient.New(ccfg, d.Codes, d.Inventory, g.reg, log.With("component", "cases")); err != nil {
+			return fmt.Errorf("starting the case client: %w", err)
+		}
+		defer g.cases.Close()
+		if exprs, err := caseclient.RuleExpressions(d.RuleFiles...); err == nil {
+			g.cases.SetRuleExpressions(exprs)
+		}
+		sink = g.cases
+	}
 	if len(d.RuleFiles) > 0 {
 		g.engine, err = rules.NewEngine(rules.Options{
 			Location:  c.Gateway.Location,
-			Sink:      transitionLog{log.With("component", "rules")},
+			Sink:      sink,
 			StatePath: c.Gateway.DataDir + "/rules.db",
 		}, d.Catalog, d.Inventory, g.reg, log.With("component", "rules"))
 		if err != nil {
@@ -262,6 +328,9 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	defer stopWriter()
 	back := &errgroup.Group{}
 	back.Go(func() error { return g.writer.Run(writerCtx) })
+	if g.cases != nil {
+		back.Go(func() error { return g.cases.Run(writerCtx) })
+	}
 	if g.engine != nil {
 		back.Go(func() error { return g.engine.Run(writerCtx) })
 		back.Go(func() error {
@@ -339,6 +408,7 @@ type Status struct {
 	MQTT      *mqttsub.Status           `json:"mqtt,omitempty"`
 	Modbus    []modbuspoll.DeviceStatus `json:"modbus,omitempty"`
 	Episodes  []rules.Episode           `json:"episodes,omitempty"`
+	Cases     *caseclient.Status        `json:"cases,omitempty"`
 	DevicesUp int                       `json:"modbus_devices_up"`
 }
 
@@ -360,6 +430,10 @@ func (g *Gateway) Status() any {
 	}
 	if g.engine != nil {
 		s.Episodes = g.engine.Episodes()
+	}
+	if g.cases != nil {
+		st := g.cases.Status()
+		s.Cases = &st
 	}
 	return s
 }
