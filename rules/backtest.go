@@ -146,6 +146,7 @@ func Backtest(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory,
 	if opts.Location == nil {
 		opts.Location = time.UTC
 	}
+	opts.From, opts.To = opts.From.In(opts.Location), opts.To.In(opts.Location)
 	sink := &backtestSink{open: map[string]*BacktestEpisode{}, cancelled: map[string]int{}}
 	e, err := newReplayEngine(cat, sub, files, opts.Location, opts.Silences, sink, opts.From)
 	if err != nil {

@@ -132,6 +132,7 @@ func Explain(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory, 
 	if opts.Location == nil {
 		opts.Location = time.UTC
 	}
+	opts.At = opts.At.In(opts.Location)
 	look := opts.Lookback
 	if look <= 0 {
 		look = ruleLookback(cr, set.kinds[cr.kind])
@@ -187,7 +188,7 @@ func Explain(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory, 
 	st := &e.assets[ea.Seq]
 	ks := e.set.Load().kinds[a.Kind]
 	if st.lastNs != 0 && len(st.last) == len(ks.schema.Fields) {
-		ex.AssetLast = time.Unix(0, st.lastNs).In(opts.At.Location())
+		ex.AssetLast = time.Unix(0, st.lastNs).In(opts.Location)
 		ex.Values = map[string]any{}
 		for i, f := range ks.schema.Fields {
 			if st.last[i].Valid() {

@@ -208,7 +208,7 @@ func TestExplainVerdicts(t *testing.T) {
 		{at: 36, state: "inactive", summary: "cleared at 2026-06-21T22:32:00+08:00"},
 	} {
 		t.Run(fmt.Sprint(tc.at), func(t *testing.T) {
-			ex, err := Explain(context.Background(), cat, inv, files, src, ExplainOptions{Rule: "t.rule", Asset: "L0", At: min(tc.at), Lookback: time.Hour})
+			ex, err := Explain(context.Background(), cat, inv, files, src, ExplainOptions{Rule: "t.rule", Asset: "L0", At: min(tc.at), Lookback: time.Hour, Location: night.Location()})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -117,7 +117,9 @@ func (e *Engine) replay(ctx context.Context, src Source, q Query, tick time.Dura
 	if tick <= 0 {
 		tick = 10 * time.Second
 	}
-	next := q.From.Add(tick)
+	// Times are shown in the city's zone: the engine keeps the readings'.
+	loc := e.opts.Location
+	next := q.From.In(loc).Add(tick)
 	n := 0
 	tickUntil := func(t time.Time, inclusive bool) {
 		for next.Before(t) || inclusive && next.Equal(t) {
@@ -132,6 +134,7 @@ func (e *Engine) replay(ctx context.Context, src Source, q Query, tick time.Dura
 		if r.Asset == nil || r.Asset.Seq >= len(q.Inventory.Assets) || q.Inventory.Assets[r.Asset.Seq] != r.Asset {
 			return nil
 		}
+		r.Time = r.Time.In(loc)
 		tickUntil(r.Time, false)
 		if r.Received.IsZero() {
 			r.Received = r.Time
@@ -152,7 +155,7 @@ func (e *Engine) replay(ctx context.Context, src Source, q Query, tick time.Dura
 		}
 		return n, fmt.Errorf("%w: %w", ErrSource, err)
 	}
-	tickUntil(q.To, true)
+	tickUntil(q.To.In(loc), true)
 	return n, nil
 }
 
