@@ -3,6 +3,7 @@ package statuspage
 import (
 	"context"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,8 +14,8 @@ import (
 	"github.com/citygw/citygw/rules"
 )
 
-// base is the tests' wall clock.
-var base = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+// base is the tests' "now": real time, since the case client and desk keep real time.
+var base = time.Now().UTC().Truncate(time.Second)
 
 // demo loads the shipped catalog and the demo city's inventory.
 func demo(tb testing.TB) (*devices.Catalog, *devices.Inventory) {
@@ -106,9 +107,24 @@ func fireGasPressure(tb testing.TB, e *rules.Engine, inv *devices.Inventory, id 
 	}
 }
 
-// clock is a settable time source.
-type clock struct{ t time.Time }
+// clock is a settable time source, safe for concurrent use.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
-func (c *clock) now() time.Time { return c.t }
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+func (c *clock) add(d time.Duration) { c.set(c.now().Add(d)) }
 
 func yamlDur(d time.Duration) yamlconf.Duration { return yamlconf.Duration(d) }

@@ -46,7 +46,9 @@ func TestClassify(t *testing.T) {
 }
 
 func TestSilenceThreshold(t *testing.T) {
-	iv := func(d time.Duration) *devices.ModbusAddr { return &devices.ModbusAddr{Host: "h:502", Interval: yamlDur(d)} }
+	iv := func(d time.Duration) *devices.ModbusAddr {
+		return &devices.ModbusAddr{Host: "h:502", Interval: yamlDur(d)}
+	}
 	tests := []struct {
 		name string
 		a    *devices.Asset
