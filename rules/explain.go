@@ -137,20 +137,13 @@ func Explain(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory, 
 	if look <= 0 {
 		look = ruleLookback(cr, set.kinds[cr.kind])
 	}
-	// The asset and, for a group rule, the other assets of its group.
-	ids := []string{a.ID}
+	// The asset, the other assets of its group (a group rule) and of the
+	// groups of same-kind rules that may inhibit it: they decide its
+	// verdict. The engine's inventory holds only these, so the rest of the
+	// city neither counts as silent nor costs ticks.
 	key := cr.key(a)
-	if cr.grouped {
-		ids = ids[:0]
-		for _, b := range inv.Assets {
-			if b.Kind == a.Kind && cr.key(b) == key {
-				ids = append(ids, b.ID)
-			}
-		}
-	}
-	// The engine sees the whole kind (group sizes as in production), but
-	// only the replayed assets' absence matters to the verdict.
-	sub, err := subInventory(cat, inv, []string{a.Kind}, nil)
+	ids := replayedAssets(inv, cr, a)
+	sub, err := subInventory(cat, inv, []string{a.Kind}, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +203,31 @@ func Explain(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory, 
 	}
 	ex.Verdict = verdict(e, ecr, ea, key, opts.At, ex)
 	return ex, nil
+}
+
+// replayedAssets lists the assets whose readings decide cr's verdict for
+// asset a: a itself, its group's assets, and the groups of the same-kind
+// rules that inhibit cr.
+func replayedAssets(inv *devices.Inventory, cr *compiledRule, a *devices.Asset) []string {
+	rs := []*compiledRule{cr}
+	for _, src := range cr.inhibitedBy {
+		if src.kind == cr.kind {
+			rs = append(rs, src)
+		}
+	}
+	ids := []string{a.ID}
+	for _, b := range inv.Assets {
+		if b == a || b.Kind != a.Kind {
+			continue
+		}
+		for _, r := range rs {
+			if r.grouped && r.key(b) == r.key(a) {
+				ids = append(ids, b.ID)
+				break
+			}
+		}
+	}
+	return ids
 }
 
 // ruleLookback is how much history decides a rule now: its longest window
