@@ -176,7 +176,11 @@ func Open(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*WAL, error)
 		return nil, err
 	}
 	if err := w.recover(); err != nil {
-		w.lock.Close()
+		for _, f := range []*os.File{w.ackFile, w.tailFile, w.lock} {
+			if f != nil {
+				f.Close()
+			}
+		}
 		return nil, err
 	}
 	w.wg.Add(1)
