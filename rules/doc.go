@@ -7,6 +7,9 @@
 //
 // It also holds the author tooling: Check compiles rule files and reports
 // errors with file:line:col, and RunTests runs promtool-style unit tests
-// (input series in, expected episodes out). See README.md for the rule
-// language.
+// (input series in, expected episodes out). Explain and Backtest replay past
+// readings from a Source (rules/history reads InfluxDB and line protocol)
+// through a real engine: why a rule did or did not fire for an asset, and
+// which episodes a rule set would have opened over a time range. See
+// README.md for the rule language.
 package rules

@@ -249,3 +249,28 @@ func TestExplainErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestExplainUnitTestInput(t *testing.T) {
+	cat := testCatalog(t)
+	in, err := LoadTestInput(cat, "../configs/rules/tests/streetlight.yaml", "a dead circuit is one episode for the circuit and inhibits the per-lamp ones")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.RuleFiles) != 2 || in.Location.String() != "Asia/Shanghai" || len(in.Readings) == 0 {
+		t.Fatalf("input %+v", in)
+	}
+	// Only L1's own readings would not show the circuit: explain replays
+	// the circuit of the inhibiting rule too.
+	ex, err := Explain(context.Background(), cat, in.Inventory, in.RuleFiles, in.Readings,
+		ExplainOptions{Rule: "streetlight.dark_at_night", Asset: "L1", At: in.End, Lookback: in.End.Sub(in.Start), Location: in.Location})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.Verdict.State != "firing" || !strings.HasPrefix(ex.Verdict.Muted, "inhibited:streetlight.circuit_dead/C1") ||
+		!strings.Contains(ex.Verdict.Summary, "no case would be opened") {
+		t.Errorf("verdict %+v: want firing, muted by the dead circuit", ex.Verdict)
+	}
+	if _, err := LoadTestInput(cat, "../configs/rules/tests/streetlight.yaml", "no such case"); err == nil {
+		t.Error("an unknown case loaded")
+	}
+}
