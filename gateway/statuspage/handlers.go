@@ -1,6 +1,7 @@
 package statuspage
 
 import (
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -111,8 +112,27 @@ func (p *Page) serveCity(w http.ResponseWriter, r *http.Request) {
 	d.Episodes, d.MoreEpisodes, d.FiringN, d.PendingN, d.ShadowN = p.episodeRows(s, &f)
 	htmlHeaders(w)
 	w.Header().Set("X-Version", d.Version)
+	w.Header().Set("Vary", "Accept-Encoding")
+	if strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+		// The binned map of a big city is about a megabyte of SVG; it
+		// compresses tenfold.
+		zw := p.gz.Get().(*gzip.Writer)
+		zw.Reset(w)
+		defer func() {
+			zw.Close()
+			zw.Reset(nil)
+			p.gz.Put(zw)
+		}()
+		w.Header().Set("Content-Encoding", "gzip")
+		w = gzipWriter{ResponseWriter: w, w: zw}
+	}
 	partial := q.Get("partial") != ""
-	o := &out{w: w, b: make([]byte, 0, 64<<10)}
+	o := p.outs.Get().(*out)
+	o.w, o.err, o.b = w, nil, o.b[:0]
+	defer func() {
+		o.w = nil
+		p.outs.Put(o)
+	}()
 	if !partial {
 		if err := templates.ExecuteTemplate(w, "head", d); err != nil {
 			p.log.Warn("rendering the status page", "err", err)
@@ -142,6 +162,14 @@ func (p *Page) serveCity(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// gzipWriter sends a response body through gzip.
+type gzipWriter struct {
+	http.ResponseWriter
+	w *gzip.Writer
+}
+
+func (g gzipWriter) Write(b []byte) (int, error) { return g.w.Write(b) }
 
 // episodeRows lists the episodes touching the filtered assets.
 func (p *Page) episodeRows(s *snapshot, f *filter) (rows []episodeRow, more, firing, pending, shadow int) {

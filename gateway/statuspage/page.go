@@ -1,6 +1,7 @@
 package statuspage
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"log/slog"
@@ -144,6 +145,8 @@ type Page struct {
 	stop    sync.Once
 
 	bins sync.Pool // *binCounts
+	outs sync.Pool // *out
+	gz   sync.Pool // *gzip.Writer
 
 	m pageMetrics
 }
@@ -174,6 +177,11 @@ func New(opts Options, reg prometheus.Registerer, log *slog.Logger) (*Page, erro
 	}
 	p.refs = newAssetRefs(ids)
 	p.bins.New = func() any { return &binCounts{} }
+	p.outs.New = func() any { return &out{b: make([]byte, 0, 64<<10)} }
+	p.gz.New = func() any {
+		zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
+		return zw
+	}
 	p.m = pageMetrics{
 		refresh: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "citygw_statuspage_refresh_seconds",
 			Help: "Time to classify every asset's state for the status page.", Buckets: prometheus.ExponentialBuckets(1e-4, 4, 8)}),
