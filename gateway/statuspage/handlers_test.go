@@ -26,18 +26,29 @@ import (
 // (and pressure_dropping_fast), every asset but SL-004-12 (never seen) and
 // BIN-0050 (two hours ago) reported a minute ago.
 type fixture struct {
-	inv  *devices.Inventory
-	eng  *rules.Engine
-	page *Page
-	clk  *clock
-	reg  *prometheus.Registry
-	srv  *httptest.Server
+	inv   *devices.Inventory
+	eng   *rules.Engine
+	page  *Page
+	clk   *clock
+	reg   *prometheus.Registry
+	srv   *httptest.Server
+	cases *cases
 }
 
-func newFixture(t testing.TB, mod func(*Options)) *fixture {
+func newFixture(t testing.TB, mod func(*Options)) *fixture { return newFixtureWith(t, false, mod) }
+
+// newFixtureWith also runs the case chain, when withCases, with the page
+// reading the case client.
+func newFixtureWith(t testing.TB, withCases bool, mod func(*Options)) *fixture {
 	t.Helper()
 	cat, inv := demo(t)
-	f := &fixture{inv: inv, eng: shippedEngine(t, cat, inv), clk: &clock{t: base.Add(-time.Hour)}, reg: prometheus.NewRegistry()}
+	f := &fixture{inv: inv, clk: &clock{t: base.Add(-time.Hour)}, reg: prometheus.NewRegistry()}
+	var sink rules.Sink
+	if withCases {
+		f.cases = startCases(t, inv)
+		sink = f.cases.client
+	}
+	f.eng = shippedEngine(t, cat, inv, sink)
 	for _, a := range inv.Assets {
 		switch a.ID {
 		case "SL-004-12", "GAS-001":
@@ -49,6 +60,9 @@ func newFixture(t testing.TB, mod func(*Options)) *fixture {
 	}
 	fireGasPressure(t, f.eng, inv, "GAS-001", base)
 	opts := Options{Gateway: "gw-test", Inventory: inv, Rules: f.eng, ModbusInterval: 2 * time.Second, Now: f.clk.now}
+	if withCases {
+		opts.Cases = f.cases.client
+	}
 	if mod != nil {
 		mod(&opts)
 	}

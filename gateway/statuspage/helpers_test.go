@@ -2,6 +2,7 @@ package statuspage
 
 import (
 	"context"
+	"net/http/httptest"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/citygw/citygw/caseclient"
+	"github.com/citygw/citygw/caseclient/casedesk"
 	"github.com/citygw/citygw/devices"
 	"github.com/citygw/citygw/devices/yamlconf"
 	"github.com/citygw/citygw/rules"
@@ -32,9 +35,9 @@ func demo(tb testing.TB) (*devices.Catalog, *devices.Inventory) {
 }
 
 // shippedEngine is a rule engine running the shipped rule set.
-func shippedEngine(tb testing.TB, cat *devices.Catalog, inv *devices.Inventory) *rules.Engine {
+func shippedEngine(tb testing.TB, cat *devices.Catalog, inv *devices.Inventory, sink rules.Sink) *rules.Engine {
 	tb.Helper()
-	e, err := rules.NewEngine(rules.Options{Location: time.UTC}, cat, inv, prometheus.NewRegistry(), nil)
+	e, err := rules.NewEngine(rules.Options{Location: time.UTC, Sink: sink}, cat, inv, prometheus.NewRegistry(), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -128,3 +131,69 @@ func (c *clock) set(t time.Time) {
 func (c *clock) add(d time.Duration) { c.set(c.now().Add(d)) }
 
 func yamlDur(d time.Duration) yamlconf.Duration { return yamlconf.Duration(d) }
+
+// cases is the real case chain: a case client delivering to the reference
+// case desk over loopback HTTP.
+type cases struct {
+	client *caseclient.Client
+	desk   *casedesk.Desk
+	url    string
+}
+
+func startCases(tb testing.TB, inv *devices.Inventory) *cases {
+	tb.Helper()
+	d, err := casedesk.New(casedesk.Config{Dir: tb.TempDir(), APIKeys: []string{"test-key"}, TokenDelay: 50 * time.Millisecond}, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewServer(d.Handler())
+	codes, err := caseclient.LoadCodeTable("../../configs/citycodes.yaml")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ms := func(n int) yamlconf.Duration { return yamlconf.Duration(time.Duration(n) * time.Millisecond) }
+	cfg := caseclient.Config{Outbox: filepath.Join(tb.TempDir(), "outbox.db"),
+		Sinks: []caseclient.SinkConfig{{Name: "desk", Type: caseclient.SinkOpen311, URL: srv.URL, APIKey: "test-key",
+			CaseURL: srv.URL + "/cases/{id}"}},
+		DeliveryInterval: ms(20), RetryBase: ms(20), RetryMax: ms(200), PollInterval: ms(50), Timeout: ms(5000)}
+	c, err := caseclient.New(cfg, codes, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+		c.Close()
+		srv.CloseClientConnections()
+		srv.Close()
+		d.Close()
+	})
+	return &cases{client: c, desk: d, url: srv.URL}
+}
+
+// waitCase waits until the case client knows the desk's id for a case of
+// the episode and returns it.
+func (c *cases) waitCase(tb testing.TB, episode string) caseclient.CaseSinkStatus {
+	tb.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, cs := range c.client.Status().Cases {
+			if cs.Episode == episode {
+				for _, s := range cs.Sinks {
+					if s.ID != "" {
+						return s
+					}
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tb.Fatalf("no case for episode %s: %+v", episode, c.client.Status())
+	return caseclient.CaseSinkStatus{}
+}
