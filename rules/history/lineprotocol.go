@@ -67,7 +67,7 @@ func ParseLineProtocol(r io.Reader) (LineProtocol, error) {
 // splitUnescaped splits s at sep outside double quotes, honouring
 // backslash escapes; limit < 0 means no limit.
 func splitUnescaped(s string, sep byte, limit int) []string {
-	var parts []string
+	parts := make([]string, 0, 8)
 	start, quoted := 0, false
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
