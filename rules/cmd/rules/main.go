@@ -364,10 +364,10 @@ func backtest(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var from, to, assets, kinds, ruleIDs string
 	var quiet bool
 	fs := newFlagSet("backtest", "backtest -from TIME -to TIME (-influx URL [-db NAME] | -input FILE) [flags] RULE_FILES…", backtestAbout, stderr)
-	fs.StringVar(&from, "from", "", "start of the range (inclusive): RFC 3339, now, or -DURATION before now (required)")
-	fs.StringVar(&to, "to", "now", "end of the range (exclusive): RFC 3339, now, or -DURATION before now")
+	fs.StringVar(&from, "from", "", "start of the range (inclusive) `TIME`: RFC 3339, now, or -DURATION before now (required)")
+	fs.StringVar(&to, "to", "now", "end of the range (exclusive) `TIME`: RFC 3339, now, or -DURATION before now")
 	fs.StringVar(&assets, "asset", "", "only these asset `ids` (comma-separated)")
-	fs.StringVar(&kinds, "kind", "", "only these `kinds` (comma-separated; default: every kind the rules watch)")
+	fs.StringVar(&kinds, "kind", "", "only these `kinds` (comma-separated; default: the kinds the rules watch that the inventory has)")
 	fs.StringVar(&ruleIDs, "rule", "", "report only these rule `ids` (comma-separated; all rules still run, for inhibition)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress on stderr")
 	sf.register(fs)
