@@ -39,12 +39,17 @@ type city struct {
 
 // startCity runs firmware-sim with configs/city-small.yaml on free ports.
 func startCity(t *testing.T, bin, dir, mqttURL string, extra ...string) *city {
+	return startCityFrom(t, bin, dir, filepath.Join(repoRoot(t), "configs", "city-small.yaml"), mqttURL, extra...)
+}
+
+// startCityFrom runs firmware-sim with the given city config on free ports.
+func startCityFrom(t *testing.T, bin, dir, cityFile, mqttURL string, extra ...string) *city {
 	t.Helper()
 	c := &city{
 		control: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 		invFile: filepath.Join(dir, "inventory.yaml"),
 	}
-	args := append([]string{"run", "-city", filepath.Join(repoRoot(t), "configs", "city-small.yaml"),
+	args := append([]string{"run", "-city", cityFile,
 		"-modbus-base-port", "0", "-mqtt", mqttURL, "-control", c.control, "-inventory-out", c.invFile}, extra...)
 	c.proc = testenv.StartProcess(t, bin, args...)
 	if err := c.proc.WaitOutput("ready", 60*time.Second); err != nil {
@@ -166,6 +171,18 @@ func (g *gateway) do(t testing.TB, method, path string) (int, string) {
 }
 
 func startGateway(t *testing.T, bin, dir string, c *city, db *testenv.InfluxDB, mqttURL string) *gateway {
+	return startGatewayWith(t, bin, dir, c, db, mqttURL, gatewayOptions{})
+}
+
+// gatewayOptions vary the test gateway's configuration.
+type gatewayOptions struct {
+	// rules rewrites each shipped rule file before the gateway loads it.
+	rules func([]byte) []byte
+	// extra is appended to the generated gateway.yaml (e.g. a cases section).
+	extra string
+}
+
+func startGatewayWith(t *testing.T, bin, dir string, c *city, db *testenv.InfluxDB, mqttURL string, o gatewayOptions) *gateway {
 	t.Helper()
 	g := &gateway{admin: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), token: adminToken, rulesDir: filepath.Join(dir, "rules")}
 	if err := os.MkdirAll(g.rulesDir, 0o755); err != nil {
@@ -176,6 +193,9 @@ func startGateway(t *testing.T, bin, dir string, c *city, db *testenv.InfluxDB, 
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if o.rules != nil {
+			b = o.rules(b)
 		}
 		os.WriteFile(filepath.Join(g.rulesDir, filepath.Base(f)), b, 0o644)
 	}
@@ -204,6 +224,7 @@ rules:
   files: [%q]
 `, filepath.Join(dir, "state"), c.invFile, g.admin, tokenFile, db.URL(), db.Bucket(), mqttURL,
 		filepath.Join(g.rulesDir, "*.yaml"))
+	cfg += o.extra
 	file := filepath.Join(dir, "gateway.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -213,14 +234,21 @@ rules:
 		t.Fatalf("gateway check failed (%v):\n%s", err, check.Output())
 	}
 	g.proc = testenv.StartProcess(t, bin, "run", "-config", file)
-	if err := g.proc.WaitOutput("gateway running", 60*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	g.admin = "http://" + g.admin
+	g.waitRunning(t, 1)
+	return g
+}
+
+// waitRunning waits until the gateway's output announced it is running for
+// the n-th time (n counts restarts) and its admin API accepts connections.
+func (g *gateway) waitRunning(t testing.TB, n int) {
+	t.Helper()
+	waitFor(t, 60*time.Second, "the gateway to run", func() bool {
+		return strings.Count(g.proc.Output(), "gateway running") >= n
+	})
 	if err := testenv.WaitTCP(strings.TrimPrefix(g.admin, "http://"), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	return g
 }
 
 var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)`)
