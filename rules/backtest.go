@@ -22,7 +22,8 @@ type BacktestOptions struct {
 	Tick     time.Duration // engine tick in reading time; default 10s
 	Silences []Silence
 	// Progress, when set, is called every ProgressEvery readings (default
-	// 10000) and once at the end.
+	// 10000), at least once a second while readings arrive, and once at the
+	// end.
 	Progress      func(BacktestProgress)
 	ProgressEvery int
 }
@@ -159,8 +160,11 @@ func Backtest(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory,
 	span := opts.To.Sub(opts.From).Seconds()
 	var progress func(int, time.Time)
 	if opts.Progress != nil {
+		last := time.Now()
 		progress = func(n int, t time.Time) {
-			if n%every == 0 {
+			// Every `every` points, and at least each second on a slow source.
+			if n%every == 0 || n%100 == 0 && time.Since(last) >= time.Second {
+				last = time.Now()
 				opts.Progress(BacktestProgress{Points: n, Time: t, Fraction: t.Sub(opts.From).Seconds() / span})
 			}
 		}
