@@ -302,6 +302,11 @@ func TestCases(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		dk.fault(t, `{"mode":"429","retry_after":"2s","count":4,"methods":["POST"]}`)
 		waitCase("BIN-DAMAGE", "BIN-0005")
+		for _, reason := range []string{"http_500", "http_429"} {
+			if v := g.metric(t, "citygw_cases_failed_total", `reason="`+reason+`"`); !(v >= 1) {
+				t.Errorf("citygw_cases_failed_total{reason=%q} = %v: the desk's fault was not exercised", reason, v)
+			}
+		}
 	})
 
 	t.Run("desk down for a while: the case waits in the outbox and arrives once", func(t *testing.T) {
