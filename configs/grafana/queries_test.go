@@ -8,7 +8,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -46,9 +48,11 @@ var faults = []struct {
 // TestQueriesAgainstSimulatedCity runs every InfluxQL query of every
 // dashboard (panel targets and template variables, with Grafana's macros and
 // variables substituted) against InfluxDB 1.8.10 filled by firmware-sim
-// through the gateway, and fails if one errors or returns no rows. Then it
-// checks that every PromQL expression of the dashboards and of
-// citygw-alerts.yml names only metrics the running gateway exposes.
+// through the gateway (with its case client delivering to the reference case
+// desk), and fails if one errors or returns no rows. Then it checks that
+// every PromQL expression of the dashboards and of citygw-alerts.yml names
+// only metrics the running gateway exposes, or labelled vectors that the
+// gateway's packages declare and that have no child yet in this run.
 func TestQueriesAgainstSimulatedCity(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts InfluxDB, Mosquitto, firmware-sim and the gateway")
@@ -60,12 +64,14 @@ func TestQueriesAgainstSimulatedCity(t *testing.T) {
 	binDir := t.TempDir()
 	simBin := testenv.BuildBinary(t, "github.com/citygw/citygw/firmware-sim/cmd/firmware-sim", binDir, false)
 	gwBin := testenv.BuildBinary(t, "github.com/citygw/citygw/gateway/cmd/gateway", binDir, false)
+	deskBin := testenv.BuildBinary(t, "github.com/citygw/citygw/caseclient/cmd/casedesk", binDir, false)
 
 	control, invFile := startCity(t, simBin, dir, mosq.URL())
 	for _, f := range faults {
 		inject(t, control, f.fault, f.asset, f.params)
 	}
-	admin := startGateway(t, gwBin, dir, invFile, db, mosq.URL())
+	desk := startDesk(t, deskBin, dir)
+	admin := startGateway(t, gwBin, dir, invFile, db, mosq.URL(), desk)
 
 	t.Run("InfluxQL queries return rows", func(t *testing.T) {
 		// Every query must eventually return rows: poll until they all do
@@ -119,9 +125,14 @@ func TestQueriesAgainstSimulatedCity(t *testing.T) {
 			}
 		}
 		queries = append(queries, alertQueries(t)...)
+		// A labelled vector is exposed only once it has a child (a first
+		// failure, a first throttled case): those are accepted when a
+		// package linked into the gateway declares them.
+		lazy := lazyVectors(t)
 		if len(queries) < 20 {
 			t.Fatalf("found %d PromQL expressions; the gateway health dashboard alone has more", len(queries))
 		}
+		lazySeen := map[string]bool{}
 		for _, q := range queries {
 			if !balanced(q.Text) {
 				t.Errorf("%s: unbalanced brackets in %s", q.Where, q.Text)
@@ -131,7 +142,14 @@ func TestQueriesAgainstSimulatedCity(t *testing.T) {
 				t.Errorf("%s: no citygw, go or process metric in %s", q.Where, q.Text)
 			}
 			for _, n := range names {
-				if !families[n] {
+				switch {
+				case families[n]:
+				case lazy[n]:
+					if !lazySeen[n] {
+						lazySeen[n] = true
+						t.Logf("%s: not exposed in this run, but a labelled vector the gateway declares", n)
+					}
+				default:
 					t.Errorf("%s: metric %s is not exposed by the gateway (%s)", q.Where, n, q.Text)
 				}
 			}
@@ -255,6 +273,46 @@ func alertQueries(t *testing.T) []query {
 	return out
 }
 
+// vectorDecl matches the declaration of a labelled Prometheus vector.
+var vectorDecl = regexp.MustCompile(`New(?:Counter|Gauge|Histogram|Summary)Vec\(\s*prometheus\.\w+Opts\{[^}]*?Name:\s*"(citygw_\w+)"`)
+
+// lazyVectors returns the names of the labelled metric vectors declared in
+// this module's packages that the gateway binary links.
+func lazyVectors(t *testing.T) map[string]bool {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.Dir}}{{end}}", "github.com/citygw/citygw/gateway/cmd/gateway").Output()
+	if err != nil {
+		t.Fatalf("go list -deps of the gateway: %v", err)
+	}
+	names := map[string]bool{}
+	for _, dir := range strings.Fields(string(out)) {
+		if !strings.HasPrefix(dir, root+string(filepath.Separator)) {
+			continue
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range vectorDecl.FindAllSubmatch(b, -1) {
+				names[string(m[1])] = true
+			}
+		}
+	}
+	if !names["citygw_readings_total"] {
+		t.Fatalf("found no vector declarations in the gateway's packages (%d found)", len(names))
+	}
+	return names
+}
+
 // scrape returns the metric families the gateway exposes on /metrics (from
 // the text format's TYPE lines and sample names).
 func scrape(t *testing.T, admin string) map[string]bool {
@@ -321,10 +379,35 @@ func inject(t *testing.T, control, fault, asset string, params map[string]any) {
 	}
 }
 
-// startGateway writes a gateway configuration for the simulated city and
-// runs the gateway; it returns the admin base URL.
-func startGateway(t *testing.T, bin, dir, invFile string, db *testenv.InfluxDB, mqttURL string) string {
+// deskAPIKey is the Open311 api_key the case desk accepts.
+const deskAPIKey = "grafana-test-key"
+
+// startDesk runs the reference case desk (the case system of the tests), so
+// that the gateway's case client runs and exposes its metrics; it returns
+// its URL.
+func startDesk(t *testing.T, bin, dir string) string {
 	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	p := testenv.StartProcess(t, bin, "-listen", addr, "-dir", filepath.Join(dir, "desk"), "-api-key", deskAPIKey,
+		"-citycodes", filepath.Join("..", "citycodes.yaml"))
+	if err := p.WaitOutput("casedesk ready", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + addr
+}
+
+// startGateway writes a gateway configuration for the simulated city (cases
+// go to the desk) and runs the gateway; it returns the admin base URL.
+func startGateway(t *testing.T, bin, dir, invFile string, db *testenv.InfluxDB, mqttURL, desk string) string {
+	t.Helper()
+	keyFile := filepath.Join(dir, "desk-api-key")
+	if err := os.WriteFile(keyFile, []byte(deskAPIKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	codes, err := filepath.Abs(filepath.Join("..", "citycodes.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	admin := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	rules, err := filepath.Abs(filepath.Join("..", "rules", "*.yaml"))
 	if err != nil {
@@ -351,7 +434,13 @@ modbus:
   backoff_max: 5s
 rules:
   files: [%q]
-`, filepath.Join(dir, "state"), invFile, admin, db.URL(), db.Bucket(), mqttURL, rules)
+cases:
+  codes: %q
+  sinks:
+    - {name: desk, type: open311, url: %q}
+  secrets:
+    desk: {api_key: {file: %q}}
+`, filepath.Join(dir, "state"), invFile, admin, db.URL(), db.Bucket(), mqttURL, rules, codes, desk, keyFile)
 	file := filepath.Join(dir, "gateway.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
