@@ -21,21 +21,23 @@ import (
 	"github.com/citygw/citygw/gateway/influx"
 	"github.com/citygw/citygw/gateway/modbuspoll"
 	"github.com/citygw/citygw/gateway/mqttsub"
+	"github.com/citygw/citygw/gateway/wal"
 )
 
 // Config is the whole gateway configuration.
 type Config struct {
-	Gateway   Gateway   `yaml:"gateway"`
-	Inventory string    `yaml:"inventory"`          // YAML or CSV asset inventory
-	Profiles  []string  `yaml:"profiles,omitempty"` // extra profile directories besides the built-in ones
-	Admin     Admin     `yaml:"admin,omitempty"`
-	Log       Log       `yaml:"log,omitempty"`
-	InfluxDB  InfluxDB  `yaml:"influxdb"`
-	MQTT      *MQTT     `yaml:"mqtt,omitempty"`
-	Modbus    *Modbus   `yaml:"modbus,omitempty"`
-	Rules     Rules     `yaml:"rules,omitempty"`
-	Cases     *Cases    `yaml:"cases,omitempty"`
-	Time      TimeCheck `yaml:"timestamps,omitempty"`
+	Gateway   Gateway    `yaml:"gateway"`
+	Inventory string     `yaml:"inventory"`          // YAML or CSV asset inventory
+	Profiles  []string   `yaml:"profiles,omitempty"` // extra profile directories besides the built-in ones
+	Admin     Admin      `yaml:"admin,omitempty"`
+	Log       Log        `yaml:"log,omitempty"`
+	InfluxDB  InfluxDB   `yaml:"influxdb"`
+	MQTT      *MQTT      `yaml:"mqtt,omitempty"`
+	Modbus    *Modbus    `yaml:"modbus,omitempty"`
+	Rules     Rules      `yaml:"rules,omitempty"`
+	Cases     *Cases     `yaml:"cases,omitempty"`
+	WAL       wal.Config `yaml:"wal,omitempty"` // the telemetry write-ahead log; on by default
+	Time      TimeCheck  `yaml:"timestamps,omitempty"`
 
 	// File is the path the configuration was loaded from.
 	File string `yaml:"-"`
@@ -267,6 +269,14 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 		if _, err := s.sec.Resolve(); s.sec.IsSet() && err != nil {
 			add(s.path, strings.TrimPrefix(s.path, "$."), "%v", err)
 		}
+	}
+	if c.WAL.Dir == "" {
+		c.WAL.Dir = filepath.Join(c.Gateway.DataDir, "wal") // DataDir is resolved already
+	} else {
+		c.WAL.Dir = abs(c.WAL.Dir)
+	}
+	if err := c.WAL.Validate(); err != nil {
+		add("$.wal", "wal", "%v", err)
 	}
 	if cs := c.Cases; cs != nil {
 		if cs.Codes == "" {

@@ -32,6 +32,7 @@ import (
 	"github.com/citygw/citygw/gateway/modbuspoll"
 	"github.com/citygw/citygw/gateway/mqttsub"
 	"github.com/citygw/citygw/gateway/pipeline"
+	"github.com/citygw/citygw/gateway/wal"
 	"github.com/citygw/citygw/rules"
 )
 
@@ -163,6 +164,11 @@ func (d *Deployment) Summary(w io.Writer) {
 	}
 	fmt.Fprintf(w, "); %d Modbus devices on %d endpoints, %d MQTT assets\n", len(d.assets(devices.Modbus)), len(endpoints), len(d.assets(devices.MQTT)))
 	fmt.Fprintf(w, "influxdb   %s bucket %s (token %s)\n", c.InfluxDB.URL, c.InfluxDB.Bucket, c.InfluxDB.Token)
+	if c.WAL.On() {
+		fmt.Fprintf(w, "wal        %s (sync %s, on full: %s)\n", c.WAL.Dir, orDefault(string(c.WAL.Sync), "interval"), orDefault(string(c.WAL.OnFull), "block"))
+	} else {
+		fmt.Fprintln(w, "wal        off: telemetry is buffered in memory only")
+	}
 	if c.MQTT != nil {
 		fmt.Fprintf(w, "mqtt       %s as %s, %d subscriptions (password %s)\n", c.MQTT.Broker, c.MQTT.ClientID, len(c.MQTT.Subscriptions), c.MQTT.Password)
 	}
@@ -175,6 +181,13 @@ func (d *Deployment) Summary(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "admin      http://%s\n", c.Admin.Listen)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // NewLogger returns the logger the config asks for, writing to w.
@@ -211,6 +224,7 @@ type Gateway struct {
 	d       *Deployment
 	reg     *prometheus.Registry
 	writer  *influx.Writer
+	wal     *wal.WAL // nil when the log is off
 	engine  *rules.Engine
 	cases   *caseclient.Client
 	poller  *modbuspoll.Poller
@@ -236,10 +250,26 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	if err != nil {
 		return err
 	}
+	if c.WAL.On() {
+		wc.DeadLetter = c.WAL.DeadLetterPath()
+	}
 	if g.writer, err = influx.NewWriter(wc, g.reg, log.With("component", "influx")); err != nil {
 		return fmt.Errorf("starting the InfluxDB writer: %w", err)
 	}
 	defer g.writer.Close()
+	// Readings go to the write-ahead log (durable before the source is
+	// told, so MQTT acknowledges only what is on disk) and the writer
+	// drains it; without the log, to the writer's bounded memory queue.
+	var lines pipeline.LineWriter = g.writer
+	drain := func(ctx context.Context) error { return g.writer.Run(ctx) }
+	if c.WAL.On() {
+		if g.wal, err = wal.Open(c.WAL, g.reg, log.With("component", "wal")); err != nil {
+			return fmt.Errorf("opening the write-ahead log: %w", err)
+		}
+		defer g.wal.Close()
+		lines = g.wal
+		drain = func(ctx context.Context) error { return g.writer.Drain(ctx, g.wal) }
+	}
 	enc := influx.NewEncoder(c.Gateway.ID)
 	enc.Prepare(d.Inventory)
 
@@ -276,7 +306,7 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	if g.engine != nil {
 		eval = g.engine
 	}
-	pipe, err := pipeline.New(enc, g.writer, eval, g.reg)
+	pipe, err := pipeline.New(enc, lines, eval, g.reg)
 	if err != nil {
 		return err
 	}
@@ -307,6 +337,9 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 		}
 		return nil
 	})
+	if g.wal != nil {
+		adm.AddCheck("wal", g.wal.Ready)
+	}
 	if g.sub != nil {
 		adm.AddCheck("mqtt", func() error {
 			if !g.sub.Connected() {
@@ -327,7 +360,7 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	writerCtx, stopWriter := context.WithCancel(context.Background())
 	defer stopWriter()
 	back := &errgroup.Group{}
-	back.Go(func() error { return g.writer.Run(writerCtx) })
+	back.Go(func() error { return drain(writerCtx) })
 	if g.cases != nil {
 		back.Go(func() error { return g.cases.Run(writerCtx) })
 	}
@@ -405,6 +438,7 @@ type Status struct {
 	Assets    int                       `json:"assets"`
 	InfluxDB  influx.Stats              `json:"influxdb"`
 	InfluxUp  bool                      `json:"influxdb_up"`
+	WAL       *wal.Stats                `json:"wal,omitempty"`
 	MQTT      *mqttsub.Status           `json:"mqtt,omitempty"`
 	Modbus    []modbuspoll.DeviceStatus `json:"modbus,omitempty"`
 	Episodes  []rules.Episode           `json:"episodes,omitempty"`
@@ -419,6 +453,10 @@ func (g *Gateway) Status() any {
 	if g.sub != nil {
 		st := g.sub.Status()
 		s.MQTT = &st
+	}
+	if g.wal != nil {
+		st := g.wal.Stats()
+		s.WAL = &st
 	}
 	if g.poller != nil {
 		s.Modbus = g.poller.Status()
