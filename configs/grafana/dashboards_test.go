@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/citygw/citygw/devices/yamlconf"
 )
@@ -183,6 +184,20 @@ type providersFile struct {
 			FoldersFromFilesStructure bool   `yaml:"foldersFromFilesStructure"`
 		} `yaml:"options"`
 	} `yaml:"providers"`
+}
+
+// alertRules is a Prometheus rule file, decoded strictly.
+type alertRules struct {
+	Groups []struct {
+		Name  string `yaml:"name"`
+		Rules []struct {
+			Alert       string            `yaml:"alert"`
+			Expr        string            `yaml:"expr"`
+			For         string            `yaml:"for"`
+			Labels      map[string]string `yaml:"labels"`
+			Annotations map[string]string `yaml:"annotations"`
+		} `yaml:"rules"`
+	} `yaml:"groups"`
 }
 
 func decodeYAML(t *testing.T, file string, v any) {
@@ -401,4 +416,53 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// anchor is GitHub's anchor of a Markdown heading.
+func anchor(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// TestAlertRunbookLinks checks that every alert of citygw-alerts.yml links
+// to a section of gateway/RUNBOOK.md that exists, and that the runbook's
+// triage table names every alert.
+func TestAlertRunbookLinks(t *testing.T) {
+	var r alertRules
+	decodeYAML(t, "citygw-alerts.yml", &r)
+	book, err := os.ReadFile(filepath.Join("..", "..", "gateway", "RUNBOOK.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := map[string]bool{}
+	for _, line := range strings.Split(string(book), "\n") {
+		if h, ok := strings.CutPrefix(line, "#"); ok {
+			anchors[anchor(strings.TrimLeft(h, "#"))] = true
+		}
+	}
+	n := 0
+	for _, g := range r.Groups {
+		for _, a := range g.Rules {
+			n++
+			link := a.Annotations["runbook"]
+			frag, ok := strings.CutPrefix(link, "gateway/RUNBOOK.md#")
+			if !ok || !anchors[frag] {
+				t.Errorf("alert %s: runbook %q is not a section of gateway/RUNBOOK.md", a.Alert, link)
+			}
+			if !strings.Contains(string(book), a.Alert) {
+				t.Errorf("alert %s is not named in gateway/RUNBOOK.md", a.Alert)
+			}
+		}
+	}
+	if n < 20 {
+		t.Errorf("citygw-alerts.yml has %d alerts; want the runbook's 20 or more", n)
+	}
 }

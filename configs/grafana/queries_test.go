@@ -238,20 +238,6 @@ func runInflux(db *testenv.InfluxDB, d *dashboard, pick func([]string) []string,
 	return fails
 }
 
-// alertRules is a Prometheus rule file, decoded strictly.
-type alertRules struct {
-	Groups []struct {
-		Name  string `yaml:"name"`
-		Rules []struct {
-			Alert       string            `yaml:"alert"`
-			Expr        string            `yaml:"expr"`
-			For         string            `yaml:"for"`
-			Labels      map[string]string `yaml:"labels"`
-			Annotations map[string]string `yaml:"annotations"`
-		} `yaml:"rules"`
-	} `yaml:"groups"`
-}
-
 func alertQueries(t *testing.T) []query {
 	t.Helper()
 	var r alertRules
