@@ -164,6 +164,7 @@ type datasourcesFile struct {
 		Access    string         `yaml:"access"`
 		URL       string         `yaml:"url"`
 		IsDefault bool           `yaml:"isDefault"`
+		Database  string         `yaml:"database"`
 		Editable  bool           `yaml:"editable"`
 		JSONData  map[string]any `yaml:"jsonData"`
 	} `yaml:"datasources"`
@@ -226,8 +227,8 @@ func TestProvisioning(t *testing.T) {
 		if !ok || d.Type != w.typ || d.URL != w.url || d.Access != "proxy" {
 			t.Errorf("data source %q: uid %q type %q url %q access %q; want one of %v with access proxy", d.Name, d.UID, d.Type, d.URL, d.Access, want)
 		}
-		if d.Type == "influxdb" && d.JSONData["dbName"] != "citygw" {
-			t.Errorf("InfluxDB data source: jsonData.dbName %v, want citygw", d.JSONData["dbName"])
+		if d.Type == "influxdb" && (d.JSONData["dbName"] != "citygw" || d.Database != "citygw") {
+			t.Errorf("InfluxDB data source: jsonData.dbName %v, database %q; want citygw for both", d.JSONData["dbName"], d.Database)
 		}
 	}
 
