@@ -47,7 +47,7 @@ type WriterConfig struct {
 	MaxPendingBatches int               `yaml:"max_pending_batches,omitempty"` // full batches waiting in memory before Add blocks, default 16
 	Timeout           yamlconf.Duration `yaml:"timeout,omitempty"`             // per request, default 30s
 	RetryInterval     yamlconf.Duration `yaml:"retry_interval,omitempty"`      // first retry delay, default 500ms, doubling per attempt
-	MaxRetryInterval  yamlconf.Duration `yaml:"max_retry_interval,omitempty"`  // retry delay cap, default 30s
+	MaxRetryInterval  yamlconf.Duration `yaml:"max_retry_interval,omitempty"`  // retry delay cap, default 5s: a recovered InfluxDB is found within seconds, and a retry of a down one costs one refused connection
 	MaxRetryAfter     yamlconf.Duration `yaml:"max_retry_after,omitempty"`     // cap on a server's Retry-After, default 5m
 	ShutdownGrace     yamlconf.Duration `yaml:"shutdown_grace,omitempty"`      // how long Run keeps writing after its context ends, default 10s
 	HealthInterval    yamlconf.Duration `yaml:"health_interval,omitempty"`     // ping InfluxDB when idle this long, default 10s
@@ -83,7 +83,7 @@ func (c *WriterConfig) setDefaults() {
 	def(&c.FlushInterval, time.Second)
 	def(&c.Timeout, 30*time.Second)
 	def(&c.RetryInterval, 500*time.Millisecond)
-	def(&c.MaxRetryInterval, 30*time.Second)
+	def(&c.MaxRetryInterval, 5*time.Second)
 	def(&c.MaxRetryAfter, 5*time.Minute)
 	def(&c.ShutdownGrace, 10*time.Second)
 	def(&c.HealthInterval, 10*time.Second)
