@@ -22,6 +22,7 @@ import (
 	"github.com/citygw/citygw/gateway/modbuspoll"
 	"github.com/citygw/citygw/gateway/mqttsub"
 	"github.com/citygw/citygw/gateway/wal"
+	"github.com/citygw/citygw/rules"
 )
 
 // Config is the whole gateway configuration.
@@ -101,6 +102,12 @@ type Modbus struct {
 type Rules struct {
 	// Files are rule files or glob patterns.
 	Files []string `yaml:"files,omitempty"`
+	// Silences are maintenance windows: matching episodes keep their state
+	// but open no case while the silence lasts.
+	Silences []rules.Silence `yaml:"silences,omitempty"`
+	// EvalBudget: a reading whose rules take longer is counted
+	// (citygw_rule_eval_over_budget_total) and logged; default 50ms, 0s = off.
+	EvalBudget *yamlconf.Duration `yaml:"eval_budget,omitempty"`
 }
 
 // Cases configures the case client: where anomaly episodes become cases.
@@ -269,6 +276,15 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 		if _, err := s.sec.Resolve(); s.sec.IsSet() && err != nil {
 			add(s.path, strings.TrimPrefix(s.path, "$."), "%v", err)
 		}
+	}
+	for i := range c.Rules.Silences {
+		if err := c.Rules.Silences[i].Validate(); err != nil {
+			add(fmt.Sprintf("$.rules.silences[%d]", i), fmt.Sprintf("rules.silences[%d]", i), "%v", err)
+		}
+	}
+	if c.Rules.EvalBudget == nil {
+		d := yamlconf.Duration(50 * time.Millisecond)
+		c.Rules.EvalBudget = &d
 	}
 	if c.WAL.Dir == "" {
 		c.WAL.Dir = filepath.Join(c.Gateway.DataDir, "wal") // DataDir is resolved already

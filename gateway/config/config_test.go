@@ -101,3 +101,15 @@ func TestShippedConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSilences(t *testing.T) {
+	ok := "gateway: {id: g}\ninventory: i\ninfluxdb: {url: u, bucket: b}\n"
+	c, err := Parse("gw.yaml", []byte(ok+"rules:\n  silences:\n    - {id: relamp, assets: [SL-001-01], start: 2026-12-01T09:00:00+08:00, end: 2026-12-01T12:00:00+08:00, comment: planned}\n"))
+	if err != nil || len(c.Rules.Silences) != 1 || c.Rules.EvalBudget.D().Milliseconds() != 50 {
+		t.Fatalf("silences %+v, %v", c.Rules, err)
+	}
+	_, err = Parse("gw.yaml", []byte(ok+"rules:\n  silences:\n    - {id: bad, start: 2026-12-01T12:00:00+08:00, end: 2026-12-01T09:00:00+08:00}\n"))
+	if err == nil || !strings.Contains(err.Error(), "gw.yaml:6:") {
+		t.Fatalf("a silence ending before it starts: %v", err)
+	}
+}

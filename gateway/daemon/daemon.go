@@ -290,9 +290,11 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	}
 	if len(d.RuleFiles) > 0 {
 		g.engine, err = rules.NewEngine(rules.Options{
-			Location:  c.Gateway.Location,
-			Sink:      sink,
-			StatePath: c.Gateway.DataDir + "/rules.db",
+			Location:   c.Gateway.Location,
+			Sink:       sink,
+			Silences:   c.Rules.Silences,
+			EvalBudget: c.Rules.EvalBudget.D(),
+			StatePath:  c.Gateway.DataDir + "/rules.db",
 		}, d.Catalog, d.Inventory, g.reg, log.With("component", "rules"))
 		if err != nil {
 			return fmt.Errorf("starting the rule engine: %w", err)
