@@ -309,14 +309,15 @@ func TestCases(t *testing.T) {
 		}
 	})
 
-	t.Run("desk down for a while: the case waits in the outbox and arrives once", func(t *testing.T) {
+	t.Run("desk down for a minute: the case waits in the outbox and arrives once", func(t *testing.T) {
 		dk.proc.Stop()
+		down := time.Now()
 		id := c.faultID(t, "bin_overflow", "BIN-0007", nil)
 		defer c.clear(t, id)
 		waitFor(t, 60*time.Second, "the case to wait in the outbox", func() bool {
 			return g.metric(t, "citygw_case_outbox_depth") >= 1
 		})
-		time.Sleep(5 * time.Second)
+		time.Sleep(time.Until(down.Add(time.Minute)))
 		dk.start(t)
 		waitCase("BIN-FULL", "BIN-0007")
 	})
