@@ -22,10 +22,10 @@ form.filters label{font-size:.85rem;color:var(--muted)}select,input{font:inherit
 .card h2{font-size:.95rem;margin:.1rem 0 .5rem}
 .chips{display:flex;flex-wrap:wrap;gap:.4rem;margin-bottom:.6rem}.chip{border-radius:999px;padding:.1rem .6rem;color:#fff;font-weight:600;font-size:.85rem}
 .chip.total{background:#39424e}
+.badge{display:inline-block;border-radius:3px;padding:0 .35rem;color:#fff;font-size:.8rem;font-weight:600}
 .b-firing,.chip.s-firing{background:var(--firing)}.b-pending,.chip.s-pending{background:var(--pending)}.b-shadow,.chip.s-shadow{background:var(--shadow)}
 .b-silent,.chip.s-silent{background:var(--silent)}.b-reporting,.chip.s-reporting{background:var(--reporting)}.b-waiting,.chip.s-waiting{background:var(--waiting);color:#222}
 .b-inactive{background:#e3e6ea;color:#333}
-.badge{display:inline-block;border-radius:3px;padding:0 .35rem;color:#fff;font-size:.8rem;font-weight:600}
 svg#map{width:100%;height:auto;display:block;border-radius:4px}svg .sea{fill:#eef1f4}
 circle.a{stroke:#fff;stroke-width:.8}circle.s-firing{fill:var(--firing);stroke:#600;stroke-width:1.2}circle.s-pending{fill:var(--pending)}
 circle.s-shadow{fill:var(--shadow)}circle.s-silent{fill:var(--silent)}circle.s-reporting{fill:var(--reporting)}circle.s-waiting{fill:var(--waiting)}
@@ -35,6 +35,7 @@ rect.s-silent{fill:var(--silent)}rect.s-reporting{fill:var(--reporting)}rect.s-w
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.2rem .4rem;border-bottom:1px solid var(--line);vertical-align:top;font-size:.85rem}
 th{color:var(--muted);font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:var(--reporting);font-weight:600}.bad{color:var(--firing);font-weight:600}.dim{color:var(--muted)}
+.scroll{max-height:70vh;overflow:auto}
 code{font-size:.8rem;background:#f1f3f5;padding:0 .2rem;border-radius:3px;word-break:break-word}
 svg.spark{width:160px;height:32px;display:block}svg.spark polyline{fill:none;stroke:#1c6dd0;stroke-width:1.5}
 `
@@ -121,12 +122,12 @@ const cityTop = `{{define "filters"}}<form class="filters" method="get" action="
 {{end}}
 </table></div>
 <div class="card" id="episodes"><h2>Episodes: {{.FiringN}} firing, {{.PendingN}} pending{{if .ShadowN}}, {{.ShadowN}} shadow{{end}}</h2>
-{{if .Episodes}}<table><tr><th>state</th><th>episode</th><th>since</th><th>case</th></tr>
+{{if .Episodes}}<div class="scroll"><table><tr><th>state</th><th>episode</th><th>since</th><th>case</th></tr>
 {{range .Episodes}}<tr class="ep" data-episode="{{.ID}}" data-state="{{.State}}"><td><span class="badge {{.Badge}}">{{.State}}</span>{{if .Shadow}} <span class="badge b-shadow">shadow</span>{{end}}</td>
 <td><b>{{.Title}}</b><br><span class="dim">{{.Rule}} · {{.Severity}}</span><br>{{range .Assets}}<a href="{{.Href}}">{{.ID}}</a> {{end}}{{if .More}}<span class="dim">+{{.More}} more</span>{{end}}{{if .Muted}}<br><span class="dim">muted: {{.Muted}}</span>{{end}}</td>
 <td>{{ago $.Now .Since}}</td>
 <td>{{range .Cases}}{{if .Link}}<a href="{{.Link}}" target="_blank" rel="noopener">{{.ID}}</a>{{else if .ID}}{{.ID}}{{else}}<span class="dim">{{.Sink}}: waiting</span>{{end}} <span class="dim">{{.Status}}</span><br>{{else}}<span class="dim">—</span>{{end}}</td></tr>
-{{end}}</table>{{if .MoreEpisodes}}<p class="dim">and {{.MoreEpisodes}} more</p>{{end}}{{else}}<p class="dim">No pending or firing episodes.</p>{{end}}
+{{end}}</table></div>{{if .MoreEpisodes}}<p class="dim">and {{.MoreEpisodes}} more</p>{{end}}{{else}}<p class="dim">No pending or firing episodes.</p>{{end}}
 </div></div></div>{{end}}
 {{define "live-start"}}<div id="live">{{end}}
 {{define "live-end"}}</div>{{end}}`
