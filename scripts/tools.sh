@@ -16,6 +16,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v mbpoll >/dev/null 2>&1 || need_apt+=(mbpoll)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)   # pty pairs for the Modbus RTU tests
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)   # headless browser for the status page tests (gateway/statuspage)
 /usr/bin/python3 -c 'import pymodbus' >/dev/null 2>&1 || need_apt+=(python3-pymodbus)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   SUDO=""
