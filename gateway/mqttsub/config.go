@@ -46,6 +46,11 @@ type Config struct {
 	// MaxPayloadBytes: bigger payloads are counted, logged and dropped
 	// (default 64 KiB).
 	MaxPayloadBytes int `yaml:"max_payload_bytes,omitempty"`
+	// MaxMessagesPerAsset caps one asset's messages per second (bursts of
+	// two seconds' worth pass); beyond it messages are counted
+	// (result="rate_limited"), logged and dropped, so one flooding sensor
+	// cannot crowd out the city. Default 10; a negative value turns it off.
+	MaxMessagesPerAsset float64 `yaml:"max_messages_per_asset,omitempty"`
 	// Workers decode in parallel, each owning the assets that hash to it, so
 	// that one asset's readings stay in order (default GOMAXPROCS).
 	Workers int `yaml:"workers,omitempty"`
@@ -111,6 +116,7 @@ const (
 	DefaultConnectTimeout  = 10 * time.Second
 	DefaultMaxReconnect    = 30 * time.Second
 	DefaultMaxPayloadBytes = 64 << 10
+	DefaultMaxPerAsset     = 10
 	DefaultQueueSize       = 1024
 	DefaultMaxClockSkew    = 5 * time.Minute
 	DefaultMaxClockAge     = 24 * time.Hour
@@ -168,6 +174,7 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.ConnectTimeout, yamlconf.Duration(DefaultConnectTimeout))
 	setDefault(&c.MaxReconnectInterval, yamlconf.Duration(DefaultMaxReconnect))
 	setDefault(&c.MaxPayloadBytes, DefaultMaxPayloadBytes)
+	setDefault(&c.MaxMessagesPerAsset, DefaultMaxPerAsset)
 	setDefault(&c.Workers, runtime.GOMAXPROCS(0))
 	setDefault(&c.QueueSize, DefaultQueueSize)
 	setDefault(&c.MaxClockSkew, yamlconf.Duration(DefaultMaxClockSkew))

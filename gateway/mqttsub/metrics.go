@@ -64,10 +64,11 @@ const (
 	resultUnknownAsset
 	resultOversize
 	resultRejected
+	resultRateLimited
 	nResults
 )
 
-var resultNames = [nResults]string{"ok", "decode_error", "unknown_asset", "oversize", "rejected"}
+var resultNames = [nResults]string{"ok", "decode_error", "unknown_asset", "oversize", "rejected", "rate_limited"}
 
 type metrics struct {
 	messages   [nResults]prometheus.Counter
@@ -83,7 +84,7 @@ func newMetrics(reg prometheus.Registerer, cfg *Config, inv *devices.Inventory) 
 	var errs []error
 	messages := registerInto(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "citygw_mqtt_messages_total",
-		Help: "MQTT messages received, by result: ok, decode_error (some or all fields undecodable), unknown_asset, oversize, rejected (the handler refused it: not acknowledged).",
+		Help: "MQTT messages received, by result: ok, decode_error (some or all fields undecodable), unknown_asset, oversize, rejected (the handler refused it: not acknowledged), rate_limited (an asset over max_messages_per_asset: dropped).",
 	}, []string{"result"}), &errs)
 	readings := cfg.ReadingsTotal
 	if readings == nil {

@@ -84,6 +84,7 @@ type Status struct {
 	UnknownAsset uint64
 	Oversize     uint64
 	Rejected     uint64
+	RateLimited  uint64
 	Stale        uint64 // dropped unacknowledged because their connection was lost
 	Reconnects   uint64
 	Inflight     int64
@@ -173,6 +174,7 @@ func (s *Subscriber) Status() Status {
 		DecodeErrors: s.counts[resultDecodeError].Load(),
 		UnknownAsset: s.counts[resultUnknownAsset].Load(),
 		Oversize:     s.counts[resultOversize].Load(),
+		RateLimited:  s.counts[resultRateLimited].Load(),
 		Rejected:     s.counts[resultRejected].Load(),
 		Stale:        s.stale.Load(),
 		Reconnects:   s.reconnects.Load(),
@@ -237,10 +239,35 @@ type worker struct {
 	// handed on, not acknowledged) so that the redelivery brings the
 	// asset's messages back in their original order.
 	held map[int]uint64
+	// buckets: per-asset token buckets (by Seq) of the rate cap.
+	buckets map[int]bucket
+}
+
+// bucket is a token bucket refilled at the cap's rate, holding at most two
+// seconds' worth.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// allow takes a token from the asset's bucket.
+func (w *worker) allow(seq int, now time.Time, rate float64) bool {
+	b, ok := w.buckets[seq]
+	if !ok {
+		b = bucket{tokens: 2 * rate, last: now}
+	}
+	b.tokens = min(2*rate, b.tokens+now.Sub(b.last).Seconds()*rate)
+	b.last = now
+	ok = b.tokens >= 1
+	if ok {
+		b.tokens--
+	}
+	w.buckets[seq] = b
+	return ok
 }
 
 func newWorker(logEvery time.Duration) *worker {
-	return &worker{logs: newRateLog(logEvery), held: map[int]uint64{}}
+	return &worker{logs: newRateLog(logEvery), held: map[int]uint64{}, buckets: map[int]bucket{}}
 }
 
 func (s *Subscriber) work(ctx context.Context, ch <-chan item) {
@@ -294,6 +321,10 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 			return
 		}
 		delete(w.held, a.Seq)
+	}
+	if rate := s.cfg.MaxMessagesPerAsset; rate > 0 && !w.allow(a.Seq, it.recv, rate) {
+		s.drop(w, it, resultRateLimited, a.ID, "mqtt messages of one asset over the rate cap dropped", "asset", a.ID, "cap_per_second", rate)
+		return
 	}
 	payload := it.msg.Payload()
 	if len(payload) > s.cfg.MaxPayloadBytes {

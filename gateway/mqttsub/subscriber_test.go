@@ -22,6 +22,43 @@ func baseConfig(m *testenv.Mosquitto, id string) Config {
 		Subscriptions:  []Subscription{{Topic: "city/bins/{asset}/telemetry"}, {Topic: "legacy/bin9/data"}},
 		ConnectTimeout: yamlDur(5 * time.Second),
 		Workers:        3,
+		// The tests publish bursts far faster than a sensor would; the rate
+		// cap has its own test.
+		MaxMessagesPerAsset: -1,
+	}
+}
+
+// TestFloodFromOneAssetIsCapped: one sensor flooding is cut to its rate cap
+// (bursts of two seconds' worth), counted and dropped; a neighbour's
+// messages all pass.
+func TestFloodFromOneAssetIsCapped(t *testing.T) {
+	m := testenv.StartMosquitto(t)
+	inv := testInventory(t, 2)
+	h := &recorder{}
+	cfg := baseConfig(m, "gw-flood")
+	cfg.MaxMessagesPerAsset = 5
+	s := startSub(t, cfg, inv, h)
+	waitFor(t, 10*time.Second, "subscribed", s.Connected)
+	pub := publisher(t, m, "pub-flood")
+	now := time.Now()
+	for i := 0; i < 100; i++ {
+		publish(t, pub, "city/bins/bin-0000/telemetry", binPayload(now.Add(time.Duration(i)*time.Millisecond), float64(i%100), i))
+	}
+	elapsed := time.Since(now).Seconds()
+	for i := 0; i < 5; i++ {
+		publish(t, pub, "city/bins/bin-0001/telemetry", binPayload(now.Add(time.Duration(i)*time.Millisecond), 1, i))
+	}
+	waitFor(t, 10*time.Second, "all 105 messages settled", func() bool {
+		st := s.Status()
+		return st.OK+st.RateLimited == 105
+	})
+	limited := metric(t, s.reg, "citygw_mqtt_messages_total", "result", "rate_limited")
+	// At most the burst (10) plus 5 a second while publishing pass.
+	if passed := 100 - limited; passed < 10 || passed > 10+5*elapsed+2 {
+		t.Errorf("%v of bin-0000's 100 messages passed in %.1fs, want 10 + 5/s", passed, elapsed)
+	}
+	if ok := metric(t, s.reg, "citygw_mqtt_messages_total", "result", "ok"); ok != 105-limited {
+		t.Errorf("ok = %v, want %v (bin-0001's 5 all pass)", ok, 105-limited)
 	}
 }
 
