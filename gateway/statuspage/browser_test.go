@@ -19,6 +19,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/citygw/citygw/gateway/testenv"
+	"github.com/citygw/citygw/gateway/wal"
 )
 
 // cdp is a minimal Chrome DevTools Protocol client: calls by id, and every
@@ -283,7 +284,12 @@ func TestBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Chromium")
 	}
-	f := newFixtureWith(t, true, func(o *Options) { o.Refresh = 300 * time.Millisecond; o.Now = time.Now })
+	w, err := wal.Open(wal.Config{Dir: t.TempDir()}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	f := newFixtureWith(t, true, func(o *Options) { o.Refresh = 300 * time.Millisecond; o.Now = time.Now; o.WAL = w })
 	var episode string
 	for _, e := range f.eng.Episodes() {
 		if e.Rule == "gas_station.outlet_pressure_out_of_band" {
@@ -321,9 +327,27 @@ func TestBrowser(t *testing.T) {
 	dir := artifactDir(t)
 	t.Logf("screenshot of the city page: %s", c.screenshot(dir, "statuspage-city.png"))
 
+	// Queue depths are updated in place, without fetching the page again.
+	refreshes := c.eval(`document.body.getAttribute("data-refreshes")`)
+	for i := 0; i < 2; i++ {
+		if err := w.Append(context.Background(), []byte("gas_station,asset=GAS-001 outlet_pressure_kpa=1.2")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for c.eval(`document.getElementById("wal").textContent`) != "2 points behind" {
+		if time.Now().After(deadline) {
+			t.Fatalf("WAL backlog never updated: %v", c.eval(`document.getElementById("wal").textContent`))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := c.eval(`document.body.getAttribute("data-refreshes")`); got != refreshes {
+		t.Errorf("a queue depth change refetched the page (%v -> %v refreshes)", refreshes, got)
+	}
+
 	// The page refreshes itself: GAS-002 fires and turns red without a reload.
 	fireGasPressure(t, f.eng, f.inv, "GAS-002", time.Now())
-	deadline := time.Now().Add(20 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for !strings.HasPrefix(state("GAS-002"), "firing|") {
 		if time.Now().After(deadline) {
 			t.Fatalf("GAS-002 never shown firing; refreshes: %v, status: %v", c.eval(`document.body.getAttribute("data-refreshes")`),

@@ -247,8 +247,16 @@ type Summary struct {
 	Firing    int               `json:"firing_episodes"`
 	Pending   int               `json:"pending_episodes"`
 	Shadow    int               `json:"shadow_episodes"`
+	Counters  Counters          `json:"counters"`
 	Health    *Health           `json:"health,omitempty"`
 	Episodes  []SummaryEpisode  `json:"episodes,omitempty"`
+}
+
+// Counters are the queue depths, which the page updates in place.
+type Counters struct {
+	WALBacklog   int64 `json:"wal_backlog"`
+	InfluxQueued int64 `json:"influxdb_queued"`
+	Outbox       int   `json:"outbox"`
 }
 
 // SummaryEpisode is one episode in the summary.
@@ -268,7 +276,8 @@ type SummaryEpisode struct {
 func (p *Page) summary(s *snapshot, f *filter, full bool) Summary {
 	counts, matched := p.idx.counts(s, f)
 	sum := Summary{Gateway: p.opts.Gateway, Generated: s.at, Version: strconv.FormatUint(s.version, 16), Assets: p.idx.n,
-		Matched: matched, States: make(map[string]int, numStates)}
+		Matched: matched, States: make(map[string]int, numStates),
+		Counters: Counters{WALBacklog: s.health.WALBacklog, InfluxQueued: s.health.InfluxQueued, Outbox: s.health.Outbox}}
 	for st, n := range counts {
 		sum.States[stateNames[st]] = n
 	}

@@ -322,8 +322,11 @@ func versionOf(s *snapshot) uint64 {
 		h = (h ^ uint64(e.State)) * prime
 	}
 	hb := s.health
+	// Queue depths move all the time on a busy gateway: the event stream
+	// carries them and the page updates them in place (see Counters), so
+	// they do not make the browser fetch the whole page again.
 	for _, x := range []float64{float64(hb.ModbusUp), float64(hb.ModbusTotal), b2f(hb.MQTTConnected), b2f(hb.InfluxUp),
-		float64(hb.InfluxQueued), float64(hb.WALBacklog), float64(hb.Outbox), float64(hb.DeadLetters), float64(hb.SinksOK)} {
+		b2f(hb.WALDiskFull), float64(hb.DeadLetters), float64(hb.SinksOK)} {
 		h = (h ^ math.Float64bits(x)) * prime
 	}
 	for _, c := range hb.cases.Cases {

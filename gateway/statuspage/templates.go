@@ -64,7 +64,11 @@ const cityScript = `
     es.addEventListener("summary", function(ev){
       var d = JSON.parse(ev.data);
       conn.textContent = "live · " + d.generated.replace("T", " ").replace(/\.\d+/, "");
-      if (d.version !== version) refetch();
+      if (d.version !== version) { refetch(); return; }
+      var c = d.counters, set = function(id, text){ var el = document.getElementById(id); if (el) el.textContent = text; };
+      set("wal", c.wal_backlog + " points behind");
+      set("outbox", c.outbox + " waiting");
+      set("influxq", c.influxdb_queued + " queued");
     });
     es.onerror = function(){ conn.textContent = "reconnecting…"; };
   } else {
@@ -115,7 +119,7 @@ const cityTop = `{{define "filters"}}<form class="filters" method="get" action="
 {{with .Health}}
 <tr><th>Modbus</th><td>{{if .ModbusTotal}}<span class="{{if eq .ModbusUp .ModbusTotal}}ok{{else}}bad{{end}}">{{.ModbusUp}} of {{.ModbusTotal}} devices up</span>{{else}}<span class="dim">no Modbus devices</span>{{end}}</td></tr>
 <tr><th>MQTT</th><td>{{if .MQTT}}<span class="{{if .MQTTConnected}}ok{{else}}bad{{end}}">{{if .MQTTConnected}}connected{{else}}not connected{{end}}</span> <span class="dim">{{.MQTTBroker}}{{if not .MQTTLast.IsZero}} · last message {{ago $.Now .MQTTLast}}{{end}}</span>{{else}}<span class="dim">not configured</span>{{end}}</td></tr>
-<tr><th>InfluxDB</th><td>{{if .Influx}}<span class="{{if .InfluxUp}}ok{{else}}bad{{end}}">{{if .InfluxUp}}reachable{{else}}unreachable{{end}}</span> <span class="dim">{{.InfluxQueued}} queued{{if not .InfluxLast.IsZero}} · last write {{ago $.Now .InfluxLast}}{{end}}</span>{{if .InfluxError}}<br><code>{{.InfluxError}}</code>{{end}}{{else}}<span class="dim">not configured</span>{{end}}</td></tr>
+<tr><th>InfluxDB</th><td>{{if .Influx}}<span class="{{if .InfluxUp}}ok{{else}}bad{{end}}">{{if .InfluxUp}}reachable{{else}}unreachable{{end}}</span> <span class="dim"><span id="influxq">{{.InfluxQueued}} queued</span>{{if not .InfluxLast.IsZero}} · last write {{ago $.Now .InfluxLast}}{{end}}</span>{{if .InfluxError}}<br><code>{{.InfluxError}}</code>{{end}}{{else}}<span class="dim">not configured</span>{{end}}</td></tr>
 <tr><th>WAL</th><td>{{if .WAL}}<span class="{{if .WALDiskFull}}bad{{end}}" id="wal">{{.WALBacklog}} points behind</span> <span class="dim">{{bytes .WALBytes}}{{if .WALBacklog}} · oldest {{secs .WALAge}}{{end}}{{if .WALDiskFull}} · disk full{{end}}</span>{{else}}<span class="dim">not configured</span>{{end}}</td></tr>
 <tr><th>Case outbox</th><td>{{if .Cases}}<span id="outbox">{{.Outbox}} waiting</span> <span class="dim">{{if .Outbox}}oldest {{secs .OutboxAge}} · {{end}}{{.DeadLetters}} dead letters</span>{{else}}<span class="dim">no case client</span>{{end}}</td></tr>
 {{if .Cases}}<tr><th>Case sinks</th><td><span class="{{if eq .SinksOK (len .Sinks)}}ok{{else}}bad{{end}}">{{.SinksOK}} of {{len .Sinks}} healthy</span>{{range .Sinks}}<br>{{.Name}} <span class="dim">({{.Type}}) breaker {{.Breaker}}{{if .Pending}} · {{.Pending}} pending{{end}}</span>{{end}}</td></tr>{{end}}
