@@ -1,6 +1,7 @@
 package statuspage
 
 import (
+	"context"
 	"math"
 	"net/url"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/gateway/pipeline"
 	"github.com/citygw/citygw/rules"
 )
 
@@ -193,6 +195,18 @@ func TestTracker(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { got = tr.LastSeen(got) }); n != 0 {
 		t.Errorf("LastSeen allocates %v", n)
 	}
+	// As the pipeline's evaluator: the receive time, else the sample time.
+	_, inv := demo(t)
+	tr2 := NewTracker(inv.Len())
+	a, b := inv.Lookup("GAS-001"), inv.Lookup("BIN-0001")
+	tr2.Eval(context.Background(), &devices.Reading{Asset: a, Time: base, Received: base.Add(time.Second)})
+	tr2.Eval(context.Background(), &devices.Reading{Asset: b, Time: base})
+	tr2.Eval(context.Background(), &devices.Reading{})
+	if s := tr2.LastSeen(nil); s[a.Seq] != base.Add(time.Second).UnixNano() || s[b.Seq] != base.UnixNano() {
+		t.Errorf("Eval recorded %d and %d", s[a.Seq], s[b.Seq])
+	}
+	var _ pipeline.Evaluator = tr2
+
 	var wg sync.WaitGroup
 	for g := 0; g < 4; g++ {
 		wg.Add(1)

@@ -1,14 +1,17 @@
 package statuspage
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/citygw/citygw/devices"
 )
 
 // Tracker records when each asset was last seen, for a gateway that runs
 // without a rule engine (the engine already tracks this and implements
-// SeenSource itself). The pipeline calls Seen for every accepted reading;
-// it is atomic and allocates nothing.
+// SeenSource itself). Give it to the pipeline as its evaluator (Eval), or
+// call Seen for every accepted reading; it is atomic and allocates nothing.
 type Tracker struct {
 	seen []atomic.Int64
 }
@@ -43,4 +46,21 @@ func (t *Tracker) LastSeen(dst []int64) []int64 {
 		dst[i] = t.seen[i].Load()
 	}
 	return dst
+}
+
+// Eval records the reading's receive time (its sample time when it has
+// none); with it a Tracker is the pipeline's evaluator in a gateway
+// without rules.
+func (t *Tracker) Eval(_ context.Context, r *devices.Reading) {
+	if r == nil || r.Asset == nil {
+		return
+	}
+	at := r.Received
+	if at.IsZero() {
+		at = r.Time
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	t.Seen(r.Asset.Seq, at)
 }
