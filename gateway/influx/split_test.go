@@ -95,8 +95,10 @@ func TestWriterSplitsRejectedBatch(t *testing.T) {
 	if strings.Join(points, "\n") != strings.Join(wantBad, "\n") {
 		t.Errorf("dead letters\n%s\nwant\n%s", strings.Join(points, "\n"), strings.Join(wantBad, "\n"))
 	}
-	if len(comments) != 4 || !strings.Contains(comments[0], "HTTP 400") || !strings.Contains(comments[0], "field type conflict") ||
-		!strings.Contains(comments[3], "unable to parse") {
+	// One comment per refused piece: two bad points can end up in one piece
+	// when the batches are cut differently (the flush timing varies).
+	if len(comments) < 2 || len(comments) > 4 || !strings.Contains(comments[0], "HTTP 400") || !strings.Contains(comments[0], "field type conflict") ||
+		!strings.Contains(comments[len(comments)-1], "unable to parse") {
 		t.Errorf("dead-letter comments %q", comments)
 	}
 }
