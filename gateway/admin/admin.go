@@ -77,8 +77,14 @@ func (s *Server) auth(h http.Handler) http.Handler {
 	}
 	want := []byte("Bearer " + s.token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="citygw"`)
+		// A browser cannot send a bearer token for a page and its event
+		// stream, so HTTP basic auth with the token as the password (any
+		// user name) is accepted too: the browser asks once.
+		_, pw, basic := r.BasicAuth()
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 &&
+			!(basic && subtle.ConstantTimeCompare([]byte(pw), []byte(s.token)) == 1) {
+			w.Header().Add("WWW-Authenticate", `Bearer realm="citygw"`)
+			w.Header().Add("WWW-Authenticate", `Basic realm="citygw gateway (password: the admin token)"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}

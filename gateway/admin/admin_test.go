@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -50,6 +51,8 @@ func TestEndpoints(t *testing.T) {
 		{"/metrics", "Bearer tok", 200, "citygw_test_total 3"},
 		{"/status", "Bearer tok", 200, `"assets": 7`},
 		{"/status", "", 401, ""},
+		{"/status", "Basic " + base64.StdEncoding.EncodeToString([]byte("ops:tok")), 200, `"assets": 7`},
+		{"/status", "Basic " + base64.StdEncoding.EncodeToString([]byte("ops:nope")), 401, ""},
 	}
 	for _, tt := range tests {
 		code, body := get(tt.path, tt.auth)

@@ -32,6 +32,7 @@ import (
 	"github.com/citygw/citygw/gateway/modbuspoll"
 	"github.com/citygw/citygw/gateway/mqttsub"
 	"github.com/citygw/citygw/gateway/pipeline"
+	"github.com/citygw/citygw/gateway/statuspage"
 	"github.com/citygw/citygw/gateway/wal"
 	"github.com/citygw/citygw/rules"
 )
@@ -305,8 +306,12 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 		}
 	}
 	var eval pipeline.Evaluator
+	var tracker *statuspage.Tracker // last-seen times for the status page when no rules run
 	if g.engine != nil {
 		eval = g.engine
+	} else {
+		tracker = statuspage.NewTracker(d.Inventory.Len())
+		eval = tracker
 	}
 	pipe, err := pipeline.New(enc, lines, eval, g.reg)
 	if err != nil {
@@ -351,6 +356,31 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 		})
 	}
 	adm.SetStatus(g.Status)
+	popts := statuspage.Options{Gateway: c.Gateway.ID, Inventory: d.Inventory, Influx: g.writer,
+		ModbusInterval: c.ModbusPoller().DefaultInterval, Location: c.Gateway.Location}
+	// Only parts that exist: a nil pointer in an interface is not nil.
+	if g.engine != nil {
+		popts.Rules = g.engine
+	} else {
+		popts.Seen = tracker
+	}
+	if g.poller != nil {
+		popts.Modbus = g.poller
+	}
+	if g.sub != nil {
+		popts.MQTT = g.sub
+	}
+	if g.wal != nil {
+		popts.WAL = g.wal
+	}
+	if g.cases != nil {
+		popts.Cases = g.cases
+	}
+	page, err := statuspage.New(popts, g.reg, log.With("component", "statuspage"))
+	if err != nil {
+		return fmt.Errorf("starting the status page: %w", err)
+	}
+	page.Mount(adm)
 	if g.engine != nil {
 		adm.HandleLifecycle("POST /-/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			g.reload(w, log)
@@ -381,6 +411,7 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	}
 	src, sctx := errgroup.WithContext(ctx)
 	src.Go(func() error { return adm.Serve(sctx, c.Admin.Listen, ready) })
+	src.Go(func() error { return page.Run(sctx) })
 	if g.poller != nil {
 		src.Go(func() error { return g.poller.Run(sctx) })
 	}

@@ -181,6 +181,17 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("the status page draws the city", func(t *testing.T) {
+		code, body := g.do(t, "GET", "/")
+		if code != http.StatusOK || !strings.Contains(body, "<svg") || !strings.Contains(body, modbusAssets[0].ID) {
+			t.Errorf("GET /: HTTP %d, %d bytes, svg %v, %s %v", code, len(body), strings.Contains(body, "<svg"), modbusAssets[0].ID, strings.Contains(body, modbusAssets[0].ID))
+		}
+		code, body = g.do(t, "GET", "/assets/"+mqttAssets[0].ID)
+		if code != http.StatusOK || !strings.Contains(body, mqttAssets[0].ID) {
+			t.Errorf("GET /assets/%s: HTTP %d", mqttAssets[0].ID, code)
+		}
+	})
+
 	t.Run("rules reload over HTTP answers with the check result", func(t *testing.T) {
 		loaded := g.metric(t, "citygw_rules_loaded")
 		broken := filepath.Join(g.rulesDir, "zz-broken.yaml")
