@@ -20,6 +20,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,7 +41,11 @@ const usage = `usage:
   firmware-sim inventory -city FILE -o FILE [overrides]
   firmware-sim run -city FILE [-inventory-out FILE] [-control 127.0.0.1:PORT] [options and overrides]
 
+  firmware-sim version
+
 Run "firmware-sim inventory -h" or "firmware-sim run -h" for the flags.
+Exit codes: 0 success (run: a clean shutdown on SIGINT/SIGTERM), 1 failure
+(bad city config, a port in use, …), 2 bad command line.
 `
 
 func main() {
@@ -55,6 +61,13 @@ func main() {
 		err = runCmd(os.Args[2:], os.Stdout, os.Stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(os.Stdout, usage)
+		return
+	case "version", "-version", "--version":
+		v := "(devel)"
+		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		fmt.Printf("firmware-sim %s (%s, %s/%s)\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return
 	default:
 		fmt.Fprintf(os.Stderr, "firmware-sim: unknown command %q\n%s", os.Args[1], usage)
