@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/citygw/citygw/devices"
-	"github.com/citygw/citygw/gateway/testenv"
 )
 
 // TestDurability is issue 5's fault suite under steady load from the
@@ -22,26 +21,11 @@ import (
 //
 // Run it alone: go test -race -count=1 -v -run TestDurability ./gateway/e2e
 func TestDurability(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test starts real processes")
-	}
-	dir := t.TempDir()
-	mosq := testenv.StartMosquitto(t, testenv.WithPersistence())
-	db := testenv.StartInfluxDB(t)
-	binDir := t.TempDir()
-	simBin := testenv.BuildBinary(t, "github.com/citygw/citygw/firmware-sim/cmd/firmware-sim", binDir, false)
-	gwBin := testenv.BuildBinary(t, "github.com/citygw/citygw/gateway/cmd/gateway", binDir, true)
-	c := startCity(t, simBin, dir, mosq.URL(), "-mqtt-interval", "1s")
-	g := startGateway(t, gwBin, dir, c, db, mosq.URL())
-
-	var modbusAssets, mqttAssets []*devices.Asset
-	for _, a := range c.inv.Assets {
-		if a.Profile.Transport == devices.Modbus {
-			modbusAssets = append(modbusAssets, a)
-		} else {
-			mqttAssets = append(mqttAssets, a)
-		}
-	}
+	st := startStack(t)
+	db, mosq := st.db, st.mosq
+	c := startCity(t, st.simBin, st.dir, mosq.URL(), "-mqtt-interval", "1s")
+	g := startGateway(t, st.gwBin, st.dir, c, db, mosq.URL())
+	modbusAssets, mqttAssets := byTransport(c.inv.Assets)
 	count := func(a *devices.Asset) int { return len(points(t, db, a.Kind, a.ID)) }
 	waitFor(t, 60*time.Second, "every asset flowing", func() bool {
 		for _, a := range c.inv.Assets {

@@ -33,27 +33,11 @@ var minRequestsPerPoll = map[string]float64{
 // the same port keep flowing, and that MQTT flow resumes by itself after
 // Mosquitto is restarted, with nothing the broker acknowledged lost.
 func TestEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test starts real processes")
-	}
-	dir := t.TempDir()
-	mosq := testenv.StartMosquitto(t, testenv.WithPersistence())
-	db := testenv.StartInfluxDB(t)
-	binDir := t.TempDir()
-	simBin := testenv.BuildBinary(t, "github.com/citygw/citygw/firmware-sim/cmd/firmware-sim", binDir, false)
-	gwBin := testenv.BuildBinary(t, "github.com/citygw/citygw/gateway/cmd/gateway", binDir, true)
-
-	c := startCity(t, simBin, dir, mosq.URL(), "-mqtt-interval", "1s")
-	g := startGateway(t, gwBin, dir, c, db, mosq.URL())
-
-	var modbusAssets, mqttAssets []*devices.Asset
-	for _, a := range c.inv.Assets {
-		if a.Profile.Transport == devices.Modbus {
-			modbusAssets = append(modbusAssets, a)
-		} else {
-			mqttAssets = append(mqttAssets, a)
-		}
-	}
+	st := startStack(t)
+	db := st.db
+	c := startCity(t, st.simBin, st.dir, st.mosq.URL(), "-mqtt-interval", "1s")
+	g := startGateway(t, st.gwBin, st.dir, c, db, st.mosq.URL())
+	modbusAssets, mqttAssets := byTransport(c.inv.Assets)
 	if len(modbusAssets) < 10 || len(mqttAssets) < 10 {
 		t.Fatalf("the small city has %d Modbus and %d MQTT assets; want at least 10 of each", len(modbusAssets), len(mqttAssets))
 	}
@@ -160,9 +144,9 @@ func TestEndToEnd(t *testing.T) {
 		for _, a := range mqttAssets {
 			before[a.ID] = count(a)
 		}
-		mosq.Stop()
+		st.mosq.Stop()
 		time.Sleep(3 * time.Second)
-		mosq.Start()
+		st.mosq.Start()
 		restarted := time.Now()
 		waitFor(t, 60*time.Second, "the gateway to reconnect", func() bool {
 			return g.metric(t, "citygw_mqtt_connected") == 1

@@ -29,6 +29,42 @@ func repoRoot(t testing.TB) string {
 	return filepath.Dir(filepath.Dir(wd))
 }
 
+// stack is what every end-to-end test runs on: Mosquitto (with
+// persistence, so a restart keeps sessions) and InfluxDB on free ports, and
+// the simulator and the gateway (-race) built from this tree.
+type stack struct {
+	dir           string
+	mosq          *testenv.Mosquitto
+	db            *testenv.InfluxDB
+	simBin, gwBin string
+	binDir        string
+}
+
+func startStack(t *testing.T) *stack {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test starts real processes")
+	}
+	s := &stack{dir: t.TempDir(), binDir: t.TempDir()}
+	s.mosq = testenv.StartMosquitto(t, testenv.WithPersistence())
+	s.db = testenv.StartInfluxDB(t)
+	s.simBin = testenv.BuildBinary(t, "github.com/citygw/citygw/firmware-sim/cmd/firmware-sim", s.binDir, false)
+	s.gwBin = testenv.BuildBinary(t, "github.com/citygw/citygw/gateway/cmd/gateway", s.binDir, true)
+	return s
+}
+
+// byTransport splits assets into Modbus and MQTT ones.
+func byTransport(as []*devices.Asset) (modbus, mqtt []*devices.Asset) {
+	for _, a := range as {
+		if a.Profile.Transport == devices.Modbus {
+			modbus = append(modbus, a)
+		} else {
+			mqtt = append(mqtt, a)
+		}
+	}
+	return modbus, mqtt
+}
+
 // city is a running firmware-sim with its inventory.
 type city struct {
 	proc    *testenv.Process
