@@ -46,7 +46,7 @@ func (h *countingHandler) Handle(_ context.Context, r *devices.Reading) error {
 
 func benchSetup(b *testing.B, assets, workers int, h Handler) (*Subscriber, []*inMsg) {
 	inv := testInventory(b, assets)
-	s, err := New(Config{Broker: "tcp://127.0.0.1:1", ClientID: "bench", Workers: workers,
+	s, err := New(Config{Broker: "tcp://127.0.0.1:1", ClientID: "bench", Workers: workers, MaxMessagesPerAsset: -1,
 		Subscriptions: []Subscription{{Topic: "city/bins/{asset}/telemetry"}}}, inv, h, prometheus.NewRegistry(), nil)
 	if err != nil {
 		b.Fatal(err)
@@ -121,7 +121,7 @@ func TestAckDecisions(t *testing.T) {
 		}
 		return nil
 	}}
-	s, err := New(Config{Broker: "tcp://127.0.0.1:1", ClientID: "t", Workers: 1, MaxPayloadBytes: 200,
+	s, err := New(Config{Broker: "tcp://127.0.0.1:1", ClientID: "t", Workers: 1, MaxPayloadBytes: 200, MaxMessagesPerAsset: -1,
 		Subscriptions: []Subscription{{Topic: "city/bins/{asset}/telemetry"}}}, inv, refuse, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +201,7 @@ func BenchmarkThroughMosquitto(b *testing.B) {
 	const publishers = 8
 	inv := testInventory(b, publishers)
 	log, _ := testLogger(b)
-	s, err := New(Config{Broker: m.URL(), ClientID: "bench-sub", Subscriptions: []Subscription{{Topic: "city/bins/{asset}/telemetry"}}},
+	s, err := New(Config{Broker: m.URL(), ClientID: "bench-sub", MaxMessagesPerAsset: -1, Subscriptions: []Subscription{{Topic: "city/bins/{asset}/telemetry"}}},
 		inv, h, prometheus.NewRegistry(), log)
 	if err != nil {
 		b.Fatal(err)
