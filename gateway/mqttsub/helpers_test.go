@@ -1,7 +1,6 @@
 package mqttsub
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -92,27 +91,8 @@ func (h *recorder) count() int {
 	return len(h.got)
 }
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// testLogger returns a logger whose output is shown if the test fails.
-func testLogger(t testing.TB) (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func testLogger(t testing.TB) (*slog.Logger, *testenv.SyncBuffer) {
+	buf := &testenv.SyncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("subscriber log:\n%s", buf.String())
@@ -125,7 +105,7 @@ func testLogger(t testing.TB) (*slog.Logger, *syncBuffer) {
 type running struct {
 	*Subscriber
 	reg    *prometheus.Registry
-	log    *syncBuffer
+	log    *testenv.SyncBuffer
 	cancel context.CancelFunc
 	done   chan error
 	once   sync.Once

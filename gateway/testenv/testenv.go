@@ -95,24 +95,25 @@ type Process struct {
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{}
 	t    testing.TB
 }
 
-// syncBuffer is a bytes.Buffer safe for the child's two output streams and readers.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: a
+// child's two output streams, or a test's logger and its assertions.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -122,7 +123,7 @@ func (s *syncBuffer) String() string {
 // output is logged if the test failed.
 func StartProcess(t testing.TB, name string, args ...string) *Process {
 	t.Helper()
-	p := &Process{Name: name, Args: args, t: t, out: &syncBuffer{}}
+	p := &Process{Name: name, Args: args, t: t, out: &SyncBuffer{}}
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
