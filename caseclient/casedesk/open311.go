@@ -309,19 +309,10 @@ func (d *Desk) handleGetRequests(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var start, end time.Time
-	var err error
-	if v := q.Get("start_date"); v != "" {
-		if start, err = parseTime(v); err != nil {
-			d.apiError(w, r, http.StatusBadRequest, "start_date: %v", err)
-			return
-		}
-	}
-	if v := q.Get("end_date"); v != "" {
-		if end, err = parseTime(v); err != nil {
-			d.apiError(w, r, http.StatusBadRequest, "end_date: %v", err)
-			return
-		}
+	start, end, err := dateRange(q)
+	if err != nil {
+		d.apiError(w, r, http.StatusBadRequest, "%v", err)
+		return
 	}
 	// The spec: without dates, the last 90 days; with one date, 90 days from
 	// or up to it. (service_request_id overrides every other filter.)
@@ -532,19 +523,10 @@ func (d *Desk) handleGetUpdates(w http.ResponseWriter, r *http.Request) {
 	if !d.checkJurisdiction(w, r, q.Get("jurisdiction_id")) {
 		return
 	}
-	var start, end time.Time
-	var err error
-	if v := q.Get("start_date"); v != "" {
-		if start, err = parseTime(v); err != nil {
-			d.apiError(w, r, http.StatusBadRequest, "start_date: %v", err)
-			return
-		}
-	}
-	if v := q.Get("end_date"); v != "" {
-		if end, err = parseTime(v); err != nil {
-			d.apiError(w, r, http.StatusBadRequest, "end_date: %v", err)
-			return
-		}
+	start, end, err := dateRange(q)
+	if err != nil {
+		d.apiError(w, r, http.StatusBadRequest, "%v", err)
+		return
 	}
 	if start.IsZero() {
 		start = d.cfg.Now().Add(-defaultWindow)
@@ -581,4 +563,20 @@ func (d *Desk) handleGetUpdates(w http.ResponseWriter, r *http.Request) {
 			ExternalStatusCode: u.ExternalStatusCode, Source: u.Source}
 	}
 	d.respond(w, r, http.StatusOK, out)
+}
+
+// dateRange reads the optional start_date and end_date query parameters
+// that the requests and updates listings share.
+func dateRange(q url.Values) (start, end time.Time, err error) {
+	if v := q.Get("start_date"); v != "" {
+		if start, err = parseTime(v); err != nil {
+			return start, end, fmt.Errorf("start_date: %v", err)
+		}
+	}
+	if v := q.Get("end_date"); v != "" {
+		if end, err = parseTime(v); err != nil {
+			return start, end, fmt.Errorf("end_date: %v", err)
+		}
+	}
+	return start, end, nil
 }
