@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,10 +26,12 @@ import (
 // Check is one readiness condition: nil means ready.
 type Check func() error
 
-// Server is the admin HTTP server.
+// Server is the admin HTTP server. Its token and readiness checks may be
+// replaced while it serves (a configuration reload).
 type Server struct {
 	mux    *http.ServeMux
-	token  string
+	token  atomic.Pointer[string]
+	mu     sync.RWMutex
 	checks map[string]Check
 	status func() any
 	log    *slog.Logger
@@ -35,7 +39,8 @@ type Server struct {
 
 // New returns a server exposing gatherer's metrics. token may be empty.
 func New(gatherer prometheus.Gatherer, token string, log *slog.Logger) *Server {
-	s := &Server{mux: http.NewServeMux(), token: token, checks: map[string]Check{}, log: log}
+	s := &Server{mux: http.NewServeMux(), checks: map[string]Check{}, log: log}
+	s.SetToken(token)
 	s.mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -46,7 +51,29 @@ func New(gatherer prometheus.Gatherer, token string, log *slog.Logger) *Server {
 }
 
 // AddCheck registers a named readiness check.
-func (s *Server) AddCheck(name string, c Check) { s.checks[name] = c }
+func (s *Server) AddCheck(name string, c Check) {
+	s.mu.Lock()
+	s.checks[name] = c
+	s.mu.Unlock()
+}
+
+// SetChecks replaces every readiness check (the gateway's components were
+// rebuilt after a reload).
+func (s *Server) SetChecks(checks map[string]Check) {
+	m := make(map[string]Check, len(checks))
+	for n, c := range checks {
+		m[n] = c
+	}
+	s.mu.Lock()
+	s.checks = m
+	s.mu.Unlock()
+}
+
+// SetToken replaces the bearer token; the next request is checked against
+// it. An empty token opens every endpoint but the lifecycle ones.
+func (s *Server) SetToken(token string) { s.token.Store(&token) }
+
+func (s *Server) currentToken() string { return *s.token.Load() }
 
 // SetStatus sets the function producing the /status document.
 func (s *Server) SetStatus(f func() any) { s.status = f }
@@ -55,34 +82,37 @@ func (s *Server) SetStatus(f func() any) { s.status = f }
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, s.auth(h)) }
 
 // HandleLifecycle adds a handler that changes the gateway (reload): it
-// always requires the bearer token, and is refused with 403 when no token is
+// always requires the bearer token, and is refused with 403 while no token is
 // configured, so that nothing on the machine can reconfigure the gateway
 // unless the operator chose a secret for it.
 func (s *Server) HandleLifecycle(pattern string, h http.Handler) {
-	if s.token == "" {
-		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, _ *http.Request) {
+	authed := s.auth(h)
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if s.currentToken() == "" {
 			http.Error(w, "lifecycle endpoints are disabled: set admin.token to enable them", http.StatusForbidden)
-		})
-		return
-	}
-	s.mux.Handle(pattern, s.auth(h))
+			return
+		}
+		authed.ServeHTTP(w, r)
+	})
 }
 
 // Handler returns the server's handler, for tests.
 func (s *Server) Handler() http.Handler { return s.mux }
 
 func (s *Server) auth(h http.Handler) http.Handler {
-	if s.token == "" {
-		return h
-	}
-	want := []byte("Bearer " + s.token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token := s.currentToken()
+		if token == "" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		want := []byte("Bearer " + token)
 		// A browser cannot send a bearer token for a page and its event
 		// stream, so HTTP basic auth with the token as the password (any
 		// user name) is accepted too: the browser asks once.
 		_, pw, basic := r.BasicAuth()
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 &&
-			!(basic && subtle.ConstantTimeCompare([]byte(pw), []byte(s.token)) == 1) {
+			!(basic && subtle.ConstantTimeCompare([]byte(pw), []byte(token)) == 1) {
 			w.Header().Add("WWW-Authenticate", `Bearer realm="citygw"`)
 			w.Header().Add("WWW-Authenticate", `Basic realm="citygw gateway (password: the admin token)"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
@@ -93,15 +123,18 @@ func (s *Server) auth(h http.Handler) http.Handler {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	names := make([]string, 0, len(s.checks))
-	for n := range s.checks {
+	s.mu.RLock()
+	checks := s.checks
+	s.mu.RUnlock()
+	names := make([]string, 0, len(checks))
+	for n := range checks {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	var b strings.Builder
 	ready := true
 	for _, n := range names {
-		if err := s.checks[n](); err != nil {
+		if err := checks[n](); err != nil {
 			ready = false
 			fmt.Fprintf(&b, "%s: not ready: %v\n", n, err)
 		} else {
@@ -134,11 +167,19 @@ func (s *Server) Serve(ctx context.Context, addr string, ready chan<- string) er
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}
-	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
 	if ready != nil {
 		ready <- l.Addr().String()
 	}
-	s.log.Info("admin listening", "addr", l.Addr().String(), "auth", s.token != "")
+	return s.ServeListener(ctx, l)
+}
+
+// ServeListener serves on l until ctx ends, then shuts the server down
+// (requests in progress get 5 s to finish) and closes l. Binding first and
+// serving after lets a caller check that an address is free before it gives
+// up the listener it has (a reload moving the admin listener).
+func (s *Server) ServeListener(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	s.log.Info("admin listening", "addr", l.Addr().String(), "auth", s.currentToken() != "")
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	select {

@@ -1,10 +1,12 @@
 package admin
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -86,4 +88,70 @@ func TestLifecycleNeedsToken(t *testing.T) {
 			t.Errorf("token %q auth %q: %d, %d calls; want %d, %d", tt.token, tt.auth, rec.Code, called, tt.code, tt.calls)
 		}
 	}
+}
+
+func TestReplaceTokenAndChecks(t *testing.T) {
+	s := New(prometheus.NewRegistry(), "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s.AddCheck("old", func() error { return errors.New("down") })
+	s.HandleLifecycle("POST /-/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	do := func(method, path, auth string) int {
+		req := httptest.NewRequest(method, path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		return rec.Code
+	}
+	steps := []struct {
+		name                  string
+		change                func()
+		metricsNoAuth, reload int
+		reloadAuth, ready     int
+	}{
+		{"no token", func() {}, 200, 403, 403, 503},
+		{"token set", func() { s.SetToken("new") }, 401, 401, 200, 503},
+		{"token rotated", func() { s.SetToken("newer") }, 401, 401, 401, 503},
+		{"checks replaced", func() { s.SetChecks(map[string]Check{"fresh": func() error { return nil }}) }, 401, 401, 401, 200},
+	}
+	for _, st := range steps {
+		st.change()
+		got := []int{do("GET", "/metrics", ""), do("POST", "/-/reload", ""), do("POST", "/-/reload", "Bearer new"), do("GET", "/readyz", "")}
+		want := []int{st.metricsNoAuth, st.reload, st.reloadAuth, st.ready}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Errorf("%s: metrics/reload/reload with token/readyz = %v, want %v", st.name, got, want)
+				break
+			}
+		}
+	}
+}
+
+func TestServeListener(t *testing.T) {
+	s := New(prometheus.NewRegistry(), "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeListener(ctx, l) }()
+	resp, err := http.Get("http://" + l.Addr().String() + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("healthz: %s", resp.Status)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("ServeListener after cancel: %v", err)
+	}
+	// The address is free again once ServeListener returned.
+	l2, err := net.Listen("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatalf("the listener was not closed: %v", err)
+	}
+	l2.Close()
 }
