@@ -161,10 +161,12 @@ func (d *device) logDecode(now time.Time, log *slog.Logger, f *devices.Field, er
 	}
 }
 
-func (d *device) logException(now time.Time, log *slog.Logger, r *Request, err error) {
+// logRequest logs a failed request: an exception reply, a reply that was
+// refused, a timeout or a lost connection.
+func (d *device) logRequest(now time.Time, log *slog.Logger, r *Request, reason string, err error) {
 	if n, ok := d.logs.allow(now); ok {
-		log.Warn("modbus request refused", "asset", d.asset.ID, "unit", d.unit, "table", string(r.Table),
-			"register", int(r.Start), "count", int(r.Count), "err", err, "suppressed", n)
+		log.Warn("modbus request failed", "asset", d.asset.ID, "unit", d.unit, "table", string(r.Table),
+			"register", int(r.Start), "count", int(r.Count), "reason", reason, "err", err, "suppressed", n)
 	}
 }
 

@@ -7,13 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/citygw/citygw/devices"
 	"github.com/goburrow/modbus"
-	"github.com/goburrow/serial"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -267,32 +266,39 @@ func (e *endpoint) poll(ctx context.Context, d *device) {
 			d.decode(i, data, now, e.log)
 			continue
 		}
-		switch classify(err) {
-		case resultException:
+		reason := reasonOf(err)
+		exception := strings.HasPrefix(reason, reasonExceptionPrefix)
+		e.m.requestErrors.WithLabelValues(e.name, reason).Inc()
+		switch {
+		case exception:
 			e.reqException.Inc()
-			lastErr = fmt.Errorf("%s %d+%d: %w", r.Table, r.Start, r.Count, err)
-			d.logException(now, e.log, r, err)
-			continue
-		case resultTimeout:
+		case reason == reasonTimeout:
 			e.reqTimeout.Inc()
-			lastErr = fmt.Errorf("%s %d+%d: no reply within %v", r.Table, r.Start, r.Count, d.timeout)
+			err = fmt.Errorf("no reply within %v: %w", d.timeout, err)
 		default:
 			e.reqError.Inc()
-			lastErr = fmt.Errorf("%s %d+%d: %w", r.Table, r.Start, r.Count, err)
 		}
-		// A late reply or a broken frame would desynchronise the next
-		// request: start over on a fresh connection.
-		stale := e.served > 0
-		e.close()
-		if connectionLost(err) && stale && !retried {
-			// The connection was probably closed while idle: reconnect
-			// and retry the request once.
-			retried = true
-			if cerr := e.connect(ctx); cerr == nil {
-				i--
-				issued--
-				continue
+		if !exception {
+			// A late reply or a broken frame would desynchronise the
+			// next request: start over on a fresh connection.
+			stale := e.served > 0
+			e.close()
+			if reason == reasonConnection && stale && !retried {
+				// The connection was probably closed while idle:
+				// reconnect and retry the request once.
+				retried = true
+				if cerr := e.connect(ctx); cerr == nil {
+					i--
+					issued--
+					continue
+				}
 			}
+		}
+		lastErr = fmt.Errorf("asset %s unit %d: reading %s: %w", d.asset.ID, d.unit, r, err)
+		d.logRequest(now, e.log, r, reason, err)
+		if exception {
+			// The device answered: its other requests may succeed.
+			continue
 		}
 		break
 	}
@@ -329,20 +335,6 @@ func (e *endpoint) poll(ctx context.Context, d *device) {
 		return
 	}
 	d.reads.Inc()
-}
-
-// classify maps a request error to a result label.
-func classify(err error) string {
-	var me *modbus.ModbusError
-	var ne net.Error
-	switch {
-	case errors.As(err, &me):
-		return resultException
-	case errors.Is(err, serial.ErrTimeout), errors.Is(err, os.ErrDeadlineExceeded),
-		errors.As(err, &ne) && ne.Timeout():
-		return resultTimeout
-	}
-	return resultError
 }
 
 // connectionLost reports whether err means the peer closed or reset the

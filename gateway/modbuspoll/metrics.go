@@ -12,6 +12,7 @@ import (
 // source); if another source registered them first, theirs are used.
 type metrics struct {
 	requests      *prometheus.CounterVec   // endpoint, result
+	requestErrors *prometheus.CounterVec   // endpoint, reason
 	duration      *prometheus.HistogramVec // endpoint
 	perPoll       *prometheus.GaugeVec     // asset
 	polls         *prometheus.CounterVec   // result
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "citygw_modbus_requests_total",
 			Help: "Modbus read requests by endpoint and result (ok, timeout, exception, error).",
 		}, []string{"endpoint", "result"}),
+		requestErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "citygw_modbus_request_errors_total",
+			Help: "Failed Modbus read requests by endpoint and reason: timeout, connection, transaction_id, protocol_id, unit_id, function_code, byte_count, length, crc, malformed, exception_<name>.",
+		}, []string{"endpoint", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "citygw_modbus_request_duration_seconds",
 			Help:    "Time from sending a Modbus request to its reply or failure.",
@@ -109,7 +114,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			*p, err = register(reg, *p)
 		}
 	}
-	for _, dst := range []any{&m.requests, &m.duration, &m.perPoll, &m.polls, &m.deviceUp, &m.devicesUp,
+	for _, dst := range []any{&m.requests, &m.requestErrors, &m.duration, &m.perPoll, &m.polls, &m.deviceUp, &m.devicesUp,
 		&m.devices, &m.decodeErrors, &m.readings, &m.lag, &m.handlerErrors} {
 		reuse(dst)
 	}

@@ -1,6 +1,7 @@
 package modbuspoll
 
 import (
+	"fmt"
 	"sort"
 
 	"github.com/citygw/citygw/devices"
@@ -65,6 +66,28 @@ type Request struct {
 	Table        devices.Table
 	Start, Count uint16
 	Fields       []int
+}
+
+// String names the request's span: "holding registers 100-109" (first and
+// last address), "coil 0".
+func (r Request) String() string {
+	var what string
+	switch r.Table {
+	case devices.Coil:
+		what = "coils"
+	case devices.Discrete:
+		what = "discrete inputs"
+	case devices.Holding:
+		what = "holding registers"
+	case devices.Input:
+		what = "input registers"
+	default:
+		return fmt.Sprintf("%s %d+%d", r.Table, r.Start, r.Count)
+	}
+	if r.Count == 1 {
+		return fmt.Sprintf("%s %d", what[:len(what)-1], r.Start)
+	}
+	return fmt.Sprintf("%s %d-%d", what, r.Start, int(r.Start)+int(r.Count)-1)
 }
 
 // tableOrder is the order requests are issued in: by function code.
