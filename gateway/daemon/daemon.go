@@ -8,32 +8,17 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"sort"
-	"strings"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/citygw/citygw/caseclient"
 	"github.com/citygw/citygw/devices"
 	"github.com/citygw/citygw/devices/yamlconf"
-	"github.com/citygw/citygw/gateway/admin"
 	"github.com/citygw/citygw/gateway/config"
-	"github.com/citygw/citygw/gateway/influx"
-	"github.com/citygw/citygw/gateway/modbuspoll"
-	"github.com/citygw/citygw/gateway/mqttsub"
-	"github.com/citygw/citygw/gateway/pipeline"
-	"github.com/citygw/citygw/gateway/statuspage"
-	"github.com/citygw/citygw/gateway/wal"
 	"github.com/citygw/citygw/rules"
 )
 
@@ -44,6 +29,8 @@ type Deployment struct {
 	Inventory *devices.Inventory
 	RuleFiles []string
 	Codes     *caseclient.CodeTable // nil without a cases section
+
+	sums map[string]string // digests of the files and secrets it was built from; see Diff
 }
 
 // Load reads the configuration and everything it names, reporting every
@@ -53,7 +40,7 @@ func Load(cfgFile string) (*Deployment, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployment{Config: cfg}
+	d := &Deployment{Config: cfg, sums: fingerprint(cfg)}
 	var errs []error
 	d.Catalog, err = devices.LoadCatalogDirs(cfg.Profiles...)
 	if err != nil {
@@ -218,295 +205,6 @@ func (t transitionLog) Transitions(_ context.Context, ts []rules.Transition) err
 		t.log.Info("episode", "rule", tr.Rule, "group", tr.GroupKey, "from", tr.From, "to", tr.To, "episode", tr.EpisodeID, "shadow", tr.Shadow)
 	}
 	return nil
-}
-
-// Gateway is a running gateway's parts, exposed for the status endpoint and tests.
-type Gateway struct {
-	d       *Deployment
-	reg     *prometheus.Registry
-	writer  *influx.Writer
-	wal     *wal.WAL // nil when the log is off
-	engine  *rules.Engine
-	cases   *caseclient.Client
-	poller  *modbuspoll.Poller
-	sub     *mqttsub.Subscriber
-	started time.Time
-}
-
-// Run runs the gateway until ctx ends. reload, when it receives, makes the
-// rule engine reload its files (SIGHUP). ready, when non-nil, receives the
-// admin listener's address once it listens.
-func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan struct{}, ready chan<- string) error {
-	c := d.Config
-	g := &Gateway{d: d, reg: prometheus.NewRegistry(), started: time.Now()}
-	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "citygw_build_info", Help: "Gateway build and identity."}, []string{"version", "gateway"})
-	buildInfo.WithLabelValues(Version, c.Gateway.ID).Set(1)
-	g.reg.MustRegister(buildInfo)
-	if err := os.MkdirAll(c.Gateway.DataDir, 0o750); err != nil {
-		return fmt.Errorf("creating data dir: %w", err)
-	}
-
-	wc, err := c.InfluxWriter()
-	if err != nil {
-		return err
-	}
-	if c.WAL.On() {
-		wc.DeadLetter = c.WAL.DeadLetterPath()
-	}
-	if g.writer, err = influx.NewWriter(wc, g.reg, log.With("component", "influx")); err != nil {
-		return fmt.Errorf("starting the InfluxDB writer: %w", err)
-	}
-	defer g.writer.Close()
-	// Readings go to the write-ahead log (durable before the source is
-	// told, so MQTT acknowledges only what is on disk) and the writer
-	// drains it; without the log, to the writer's bounded memory queue.
-	var lines pipeline.LineWriter = g.writer
-	drain := func(ctx context.Context) error { return g.writer.Run(ctx) }
-	if c.WAL.On() {
-		if g.wal, err = wal.Open(c.WAL, g.reg, log.With("component", "wal")); err != nil {
-			return fmt.Errorf("opening the write-ahead log: %w", err)
-		}
-		defer g.wal.Close()
-		lines = g.wal
-		drain = func(ctx context.Context) error { return g.writer.Drain(ctx, g.wal) }
-	}
-	enc := influx.NewEncoder(c.Gateway.ID)
-	enc.Prepare(d.Inventory)
-
-	var sink rules.Sink = transitionLog{log.With("component", "rules")}
-	if c.Cases != nil {
-		ccfg, err := c.CaseClient()
-		if err != nil {
-			return err
-		}
-		if g.cases, err = caseclient.New(ccfg, d.Codes, d.Inventory, g.reg, log.With("component", "cases")); err != nil {
-			return fmt.Errorf("starting the case client: %w", err)
-		}
-		defer g.cases.Close()
-		if exprs, err := caseclient.RuleExpressions(d.RuleFiles...); err == nil {
-			g.cases.SetRuleExpressions(exprs)
-		}
-		sink = g.cases
-	}
-	if len(d.RuleFiles) > 0 {
-		g.engine, err = rules.NewEngine(rules.Options{
-			Location:   c.Gateway.Location,
-			Sink:       sink,
-			Silences:   c.Rules.Silences,
-			EvalBudget: c.Rules.EvalBudget.D(),
-			StatePath:  c.Gateway.DataDir + "/rules.db",
-		}, d.Catalog, d.Inventory, g.reg, log.With("component", "rules"))
-		if err != nil {
-			return fmt.Errorf("starting the rule engine: %w", err)
-		}
-		defer g.engine.Close()
-		if err := g.engine.Load(d.RuleFiles...); err != nil {
-			return fmt.Errorf("loading rules: %w", err)
-		}
-	}
-	var eval pipeline.Evaluator
-	var tracker *statuspage.Tracker // last-seen times for the status page when no rules run
-	if g.engine != nil {
-		eval = g.engine
-	} else {
-		tracker = statuspage.NewTracker(d.Inventory.Len())
-		eval = tracker
-	}
-	pipe, err := pipeline.New(enc, lines, eval, g.reg)
-	if err != nil {
-		return err
-	}
-
-	if mb := d.assets(devices.Modbus); len(mb) > 0 {
-		if g.poller, err = modbuspoll.New(c.ModbusPoller(), mb, pipe, g.reg, log.With("component", "modbus")); err != nil {
-			return fmt.Errorf("starting the Modbus poller: %w", err)
-		}
-	}
-	if c.MQTT != nil {
-		mc, err := c.MQTTSubscriber()
-		if err != nil {
-			return err
-		}
-		if g.sub, err = mqttsub.New(mc, d.Inventory, pipe, g.reg, log.With("component", "mqtt")); err != nil {
-			return fmt.Errorf("starting the MQTT subscriber: %w", err)
-		}
-	}
-
-	token, err := c.Admin.Token.Resolve()
-	if err != nil {
-		return fmt.Errorf("admin token: %w", err)
-	}
-	adm := admin.New(g.reg, token, log.With("component", "admin"))
-	adm.AddCheck("influxdb", func() error {
-		if !g.writer.Healthy() {
-			return errors.New("last write or ping failed")
-		}
-		return nil
-	})
-	if g.wal != nil {
-		adm.AddCheck("wal", g.wal.Ready)
-	}
-	if g.sub != nil {
-		adm.AddCheck("mqtt", func() error {
-			if !g.sub.Connected() {
-				return errors.New("not connected to the broker")
-			}
-			return nil
-		})
-	}
-	adm.SetStatus(g.Status)
-	popts := statuspage.Options{Gateway: c.Gateway.ID, Inventory: d.Inventory, Influx: g.writer,
-		ModbusInterval: c.ModbusPoller().DefaultInterval, Location: c.Gateway.Location}
-	// Only parts that exist: a nil pointer in an interface is not nil.
-	if g.engine != nil {
-		popts.Rules = g.engine
-	} else {
-		popts.Seen = tracker
-	}
-	if g.poller != nil {
-		popts.Modbus = g.poller
-	}
-	if g.sub != nil {
-		popts.MQTT = g.sub
-	}
-	if g.wal != nil {
-		popts.WAL = g.wal
-	}
-	if g.cases != nil {
-		popts.Cases = g.cases
-	}
-	page, err := statuspage.New(popts, g.reg, log.With("component", "statuspage"))
-	if err != nil {
-		return fmt.Errorf("starting the status page: %w", err)
-	}
-	page.Mount(adm)
-	if g.engine != nil {
-		adm.HandleLifecycle("POST /-/reload", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			g.reload(w, log)
-		}))
-	}
-
-	// Sources stop with ctx; the rules and the writer keep running until the
-	// sources have returned, so nothing accepted is left unwritten.
-	writerCtx, stopWriter := context.WithCancel(context.Background())
-	defer stopWriter()
-	back := &errgroup.Group{}
-	back.Go(func() error { return drain(writerCtx) })
-	if g.cases != nil {
-		back.Go(func() error { return g.cases.Run(writerCtx) })
-	}
-	if g.engine != nil {
-		back.Go(func() error { return g.engine.Run(writerCtx) })
-		back.Go(func() error {
-			for {
-				select {
-				case <-writerCtx.Done():
-					return nil
-				case <-reload:
-					g.reload(nil, log)
-				}
-			}
-		})
-	}
-	src, sctx := errgroup.WithContext(ctx)
-	src.Go(func() error { return adm.Serve(sctx, c.Admin.Listen, ready) })
-	src.Go(func() error { return page.Run(sctx) })
-	if g.poller != nil {
-		src.Go(func() error { return g.poller.Run(sctx) })
-	}
-	if g.sub != nil {
-		src.Go(func() error { return g.sub.Run(sctx) })
-	}
-	log.Info("gateway running", "gateway", c.Gateway.ID, "assets", d.Inventory.Len(),
-		"modbus_devices", len(d.assets(devices.Modbus)), "mqtt", c.MQTT != nil, "rules", len(d.RuleFiles))
-	srcErr := src.Wait()
-	log.Info("sources stopped; flushing telemetry")
-	stopWriter()
-	if err := back.Wait(); err != nil && srcErr == nil {
-		srcErr = err
-	}
-	if errors.Is(srcErr, context.Canceled) {
-		srcErr = nil
-	}
-	return srcErr
-}
-
-// reload reloads the rules (SIGHUP or POST /-/reload) and, for HTTP,
-// answers with the check result: 200 and the rule count, or 422 and the
-// errors (file:line:col) while the previous rules keep running.
-func (g *Gateway) reload(w http.ResponseWriter, log *slog.Logger) {
-	// Expand the patterns again so that a rule file added since the start
-	// is picked up (the engine's file watch only sees the files it loaded).
-	files, err := g.d.Config.RuleFiles()
-	if err == nil {
-		err = g.engine.Load(files...)
-	}
-	if err != nil {
-		log.Error("rule reload failed; the previous rules keep running", "err", err)
-	} else {
-		log.Info("rules reloaded")
-	}
-	if w == nil {
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	res := struct {
-		OK     bool     `json:"ok"`
-		Files  []string `json:"files"`
-		Errors []string `json:"errors,omitempty"`
-	}{OK: err == nil, Files: files}
-	if err != nil {
-		res.Errors = strings.Split(err.Error(), "\n")
-		w.WriteHeader(http.StatusUnprocessableEntity)
-	}
-	json.NewEncoder(w).Encode(res)
-}
-
-// Status is the /status document.
-type Status struct {
-	Gateway   string                    `json:"gateway"`
-	Version   string                    `json:"version"`
-	Started   time.Time                 `json:"started"`
-	Assets    int                       `json:"assets"`
-	InfluxDB  influx.Stats              `json:"influxdb"`
-	InfluxUp  bool                      `json:"influxdb_up"`
-	WAL       *wal.Stats                `json:"wal,omitempty"`
-	MQTT      *mqttsub.Status           `json:"mqtt,omitempty"`
-	Modbus    []modbuspoll.DeviceStatus `json:"modbus,omitempty"`
-	Episodes  []rules.Episode           `json:"episodes,omitempty"`
-	Cases     *caseclient.Status        `json:"cases,omitempty"`
-	DevicesUp int                       `json:"modbus_devices_up"`
-}
-
-// Status returns the gateway's current status.
-func (g *Gateway) Status() any {
-	s := Status{Gateway: g.d.Config.Gateway.ID, Version: Version, Started: g.started, Assets: g.d.Inventory.Len(),
-		InfluxDB: g.writer.Stats(), InfluxUp: g.writer.Healthy()}
-	if g.sub != nil {
-		st := g.sub.Status()
-		s.MQTT = &st
-	}
-	if g.wal != nil {
-		st := g.wal.Stats()
-		s.WAL = &st
-	}
-	if g.poller != nil {
-		s.Modbus = g.poller.Status()
-		for _, d := range s.Modbus {
-			if d.Up {
-				s.DevicesUp++
-			}
-		}
-	}
-	if g.engine != nil {
-		s.Episodes = g.engine.Episodes()
-	}
-	if g.cases != nil {
-		st := g.cases.Status()
-		s.Cases = &st
-	}
-	return s
 }
 
 // Version is set at build time with -ldflags "-X github.com/citygw/citygw/gateway/daemon.Version=…".

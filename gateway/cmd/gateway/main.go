@@ -38,7 +38,7 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 const usage = `gateway — citygw edge gateway
 
 Usage:
-  gateway run   [-config FILE]   run the gateway until SIGINT/SIGTERM; SIGHUP reloads the rules
+  gateway run   [-config FILE]   run the gateway until SIGINT/SIGTERM; SIGHUP reloads the deployment
   gateway check [-config FILE]   validate config, profiles, inventory and rules; print a summary
   gateway version                print the version
 
