@@ -15,6 +15,8 @@ type metrics struct {
 	corrupt      prometheus.Counter
 	recoveries   prometheus.Counter
 	appendErrors prometheus.Counter
+	fullErrors   prometheus.Counter
+	fsyncErrors  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, w *WAL) (metrics, error) {
@@ -43,7 +45,13 @@ func newMetrics(reg prometheus.Registerer, w *WAL) (metrics, error) {
 			Name: "citygw_wal_recoveries_total", Help: "Opens that had to repair the log (cut a torn tail or skip corrupt records).",
 		}),
 		appendErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "citygw_wal_append_errors_total", Help: "Appends that failed (write error other than a full disk, closed log).",
+			Name: "citygw_wal_append_errors_total", Help: "Appends that failed: a write error, or a wait for space (full disk, backlog at max_bytes) that ended with the caller's context or the log's close.",
+		}),
+		fullErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "citygw_wal_disk_full_errors_total", Help: "Writes, fsyncs and segment creations that failed for lack of disk space (each is retried).",
+		}),
+		fsyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "citygw_wal_fsync_errors_total", Help: "Background fsyncs that failed (logged and retried).",
 		}),
 	}
 	gauge := func(name, help string, f func(s *Stats) float64) prometheus.Collector {
@@ -52,7 +60,8 @@ func newMetrics(reg prometheus.Registerer, w *WAL) (metrics, error) {
 			return f(&s)
 		})
 	}
-	cs := []prometheus.Collector{m.appends, m.appendDur, m.fsyncDur, m.drained, m.dropped, m.corrupt, m.recoveries, m.appendErrors,
+	cs := []prometheus.Collector{m.appends, m.appendDur, m.fsyncDur, m.drained, m.dropped, m.corrupt, m.recoveries, m.appendErrors, m.fullErrors, m.fsyncErrors,
+		gauge("citygw_wal_appends_waiting", "Appends waiting for space (full disk, or backlog at max_bytes): their lines are not written, so not acknowledged to their sources.", func(s *Stats) float64 { return float64(s.Waiting) }),
 		gauge("citygw_wal_bytes", "Bytes of segment files on disk.", func(s *Stats) float64 { return float64(s.Bytes) }),
 		gauge("citygw_wal_segments", "Segment files on disk.", func(s *Stats) float64 { return float64(s.Segments) }),
 		gauge("citygw_wal_backlog_points", "Points appended and not yet acknowledged by the InfluxDB writer.", func(s *Stats) float64 { return float64(s.Backlog) }),

@@ -28,6 +28,12 @@ var ErrClosed = errors.New("wal closed")
 // ErrTooLarge is returned by Append for a line above MaxRecordBytes.
 var ErrTooLarge = errors.New("wal: line too large")
 
+// ErrDiskFull is wrapped by the error of an Append that gave up while the
+// disk was full (its context ended, or the log closed). The error also wraps
+// the write error (syscall.ENOSPC, with the file's path) and, when its
+// context ended, the context's error.
+var ErrDiskFull = errors.New("WAL disk full")
+
 const (
 	segmentExt = ".wal"
 	ackFile    = "ack"
@@ -63,7 +69,16 @@ type Stats struct {
 	Dropped    int64         // points dropped (drop_oldest) since Open
 	Corrupt    int64         // unreadable regions skipped since Open (at Open included)
 	DiskFull   bool          // the last write failed for lack of space
-	InFlight   int           // batches handed to the writer and not yet Done
+	// DiskFullErrors counts writes, fsyncs and segment creations that
+	// failed for lack of space since Open (each was retried).
+	DiskFullErrors int64
+	// FsyncErrors counts failed fsyncs since Open.
+	FsyncErrors int64
+	// Waiting is the number of Appends waiting for space (at MaxBytes, or
+	// on a full disk): their lines are not written, so their sources have
+	// not acknowledged them.
+	Waiting  int
+	InFlight int // batches handed to the writer and not yet Done
 }
 
 // WAL is the write-ahead log. Append is safe for concurrent use; Next and
@@ -96,12 +111,15 @@ type WAL struct {
 		gen uint64
 		err error
 	}
-	rotate   bool // start a new segment before the next group
-	dirty    bool // written since the last fsync
-	closed   bool
-	closing  bool
-	diskFull bool
-	space    chan struct{} // closed when acknowledgements free space; nil when nobody waits
+	rotate       bool // start a new segment before the next group
+	dirty        bool // written since the last fsync
+	closed       bool
+	closing      bool
+	diskFull     bool
+	fullFromSync bool          // diskFull was set by a failed background fsync, not a write
+	fullErr      error         // the last ENOSPC error (it names the file)
+	waiting      int           // Appends waiting for space
+	space        chan struct{} // closed when acknowledgements free space; nil when nobody waits
 
 	// Reader.
 	ack         int64 // logical position up to which everything is acknowledged
@@ -121,6 +139,7 @@ type WAL struct {
 
 	// Counters and rate-limited logging.
 	appended, drained, dropped, corruptN int64
+	fullErrs, fsyncErrs                  int64
 	dropLogged                           int64
 	lastDropLog, lastFullLog             time.Time
 
@@ -418,8 +437,15 @@ func (w *WAL) unackedLocked() int64 {
 // written to the segment file (and fsynced with sync: always); concurrent
 // Appends are written together (group commit). When the backlog is at
 // MaxBytes, or the disk is full, on_full decides: block waits for space or
-// ctx, drop_oldest drops the oldest segment. The wait for a group's write
-// itself is not cancelled by ctx.
+// ctx, drop_oldest drops the oldest segment (a full disk with nothing left to
+// drop waits too). A write that fails for lack of space is cut off (no torn
+// record stays in the segment) and retried every second, or as soon as
+// acknowledgements free space, without a restart. An Append whose ctx ends
+// while the disk is full returns an error wrapping ErrDiskFull, the ENOSPC
+// error (naming the file) and ctx's error; its line was not acknowledged,
+// but may still be written with its group (a duplicate if the caller sends
+// it again: harmless, InfluxDB keeps one point per series and timestamp).
+// Otherwise the wait for a group's write is not cancelled by ctx.
 func (w *WAL) Append(ctx context.Context, line []byte) error {
 	start := time.Now()
 	rec := recordSize(len(line))
@@ -432,18 +458,18 @@ func (w *WAL) Append(ctx context.Context, line []byte) error {
 			w.mu.Unlock()
 			return ErrClosed
 		}
-		if w.diskFull {
-			if !w.flushing && w.pendingN == 0 {
-				w.diskFull = false // nobody is retrying a write: try again
-				continue
-			}
+		if w.diskFull && (w.flushing || w.pendingN > 0) {
+			// Another Append's group is being retried: wait for it. When
+			// nobody retries, this Append's write is the retry.
 		} else if w.unackedLocked()+rec <= int64(w.cfg.MaxBytes) {
 			break
 		} else if w.cfg.OnFull == DropOldest && w.dropOldestLocked() {
 			continue
 		}
 		if err := w.waitSpaceLocked(ctx); err != nil {
+			err = w.gaveUpLocked(err)
 			w.mu.Unlock()
+			w.m.appendErrors.Inc()
 			return err
 		}
 	}
@@ -454,21 +480,61 @@ func (w *WAL) Append(ctx context.Context, line []byte) error {
 	w.pending = appendRecord(w.pending, now, line)
 	w.pendingN++
 	my := w.gen
+	var stop func() bool
 	for w.genDone < my {
 		if !w.flushing {
-			w.writeGroup()
+			w.writeGroup(ctx)
+			continue
+		}
+		if w.diskFull {
+			if err := ctx.Err(); err != nil {
+				err = w.gaveUpLocked(err)
+				w.mu.Unlock()
+				if stop != nil {
+					stop()
+				}
+				w.m.appendErrors.Inc()
+				return err
+			}
+			if stop == nil && ctx.Done() != nil {
+				// Wake this wait when ctx ends (only on a full disk: it
+				// allocates).
+				stop = context.AfterFunc(ctx, func() {
+					w.mu.Lock()
+					w.cond.Broadcast()
+					w.mu.Unlock()
+				})
+			}
+			w.waiting++
+			w.cond.Wait()
+			w.waiting--
 			continue
 		}
 		w.cond.Wait()
 	}
 	err := w.errs[my%uint64(len(w.errs))]
 	w.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	if err.gen == my && err.err != nil {
 		w.m.appendErrors.Inc()
+		if errors.Is(err.err, ErrDiskFull) && ctx.Err() != nil {
+			return fmt.Errorf("%w; gave up waiting for space: %w", err.err, ctx.Err())
+		}
 		return err.err
 	}
 	w.m.appendDur.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// gaveUpLocked is the error of an Append whose wait ended with err (its
+// context's): on a full disk it says so and names the file.
+func (w *WAL) gaveUpLocked(err error) error {
+	if w.diskFull && w.fullErr != nil {
+		return fmt.Errorf("%w (%w); gave up waiting for space: %w", ErrDiskFull, w.fullErr, err)
+	}
+	return fmt.Errorf("waiting for WAL space (backlog at max_bytes %d): %w", int64(w.cfg.MaxBytes), err)
 }
 
 // Add is Append, so that a *WAL is a pipeline.LineWriter like the InfluxDB
@@ -477,9 +543,11 @@ func (w *WAL) Add(ctx context.Context, line []byte) error { return w.Append(ctx,
 
 // writeGroup writes the pending group, with w.mu held (released during I/O).
 // On a full disk it cuts the partial write off and retries: dropping the
-// oldest segment under drop_oldest, else waiting for acknowledgements; other
-// write errors fail the group's Appends.
-func (w *WAL) writeGroup() {
+// oldest segment under drop_oldest, else waiting for acknowledgements or a
+// second, until it succeeds, the log closes or ctx (the leader's; nil:
+// never) ends, which fails the group with ErrDiskFull. Other write errors
+// fail the group's Appends.
+func (w *WAL) writeGroup(ctx context.Context) {
 	w.flushing = true
 	buf, n, gen, first := w.pending, w.pendingN, w.gen, w.pendingFirst
 	w.pending, w.spare = w.spare[:0], nil
@@ -499,27 +567,41 @@ func (w *WAL) writeGroup() {
 		}
 		if err == nil {
 			if w.diskFull {
-				w.log.Info("WAL writes succeed again")
-				w.diskFull = false
+				w.log.Info("WAL writes succeed again", "disk_full_errors", w.fullErrs)
+				w.diskFull, w.fullFromSync, w.fullErr = false, false, nil
 				w.wakeSpaceLocked()
 			}
 			break
 		}
-		if !errors.Is(err, syscall.ENOSPC) || w.closing {
+		if !errors.Is(err, syscall.ENOSPC) {
 			w.log.Error("WAL write failed", "error", err, "lines", n)
 			err = fmt.Errorf("writing to the WAL: %w", err)
 			break
 		}
-		w.diskFull = true
+		w.fullErrs++
+		w.m.fullErrors.Inc()
+		w.fullErr = err
+		w.fullFromSync = false
+		if !w.diskFull {
+			w.diskFull = true
+			w.cond.Broadcast() // waiting group members now honour their contexts
+		}
 		if now := time.Now(); now.Sub(w.lastFullLog) >= w.cfg.LogInterval.D() {
 			w.lastFullLog = now
-			w.log.Error("WAL disk is full; new lines wait (or the oldest are dropped with on_full: drop_oldest)",
+			w.log.Error("WAL disk is full; new lines wait, unacknowledged (or the oldest are dropped with on_full: drop_oldest)",
 				"error", err, "backlog_points", w.backlog, "on_full", w.cfg.OnFull)
+		}
+		if w.closing {
+			err = fmt.Errorf("%w (%w); the log is closing", ErrDiskFull, err)
+			break
 		}
 		if w.cfg.OnFull == DropOldest && w.dropOldestLocked() {
 			continue
 		}
-		w.waitSpaceLocked(nil)
+		if werr := w.waitSpaceLocked(ctx); werr != nil {
+			err = fmt.Errorf("%w (%w)", ErrDiskFull, err)
+			break
+		}
 	}
 	if err == nil {
 		tail := w.segs[len(w.segs)-1]
@@ -669,16 +751,43 @@ func (w *WAL) housekeeping() {
 		if syncNow {
 			start := time.Now()
 			err := f.Sync()
-			if err != nil && !errors.Is(err, os.ErrClosed) {
-				w.log.Error("WAL fsync failed", "error", err)
-				if errors.Is(err, syscall.ENOSPC) {
-					w.mu.Lock()
-					w.diskFull = true
-					w.mu.Unlock()
-				}
-			}
 			w.m.fsyncDur.Observe(time.Since(start).Seconds())
+			w.syncDone(f, err)
 		}
+	}
+}
+
+// syncDone records the outcome of a background fsync of f. A failed one is
+// not ignored: it is logged, counted and retried at the next tick (the lines
+// are in the page cache: a process crash loses nothing, a power cut may); a
+// full disk is reported as such until a write or fsync succeeds.
+func (w *WAL) syncDone(f *os.File, err error) {
+	if errors.Is(err, os.ErrClosed) {
+		return // rotated meanwhile: rotateLocked fsynced it
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err == nil {
+		if w.fullFromSync && !w.flushing {
+			w.log.Info("WAL fsync succeeds again")
+			w.diskFull, w.fullFromSync, w.fullErr = false, false, nil
+			w.wakeSpaceLocked()
+		}
+		return
+	}
+	w.fsyncErrs++
+	w.m.fsyncErrors.Inc()
+	if f == w.tailFile {
+		w.dirty = true
+	}
+	w.log.Error("WAL fsync failed; retrying", "file", f.Name(), "error", err)
+	if errors.Is(err, syscall.ENOSPC) {
+		w.fullErrs++
+		w.m.fullErrors.Inc()
+		if !w.diskFull {
+			w.fullFromSync = true
+		}
+		w.diskFull, w.fullErr = true, err
 	}
 }
 
@@ -704,6 +813,7 @@ func (w *WAL) waitSpaceLocked(ctx context.Context) error {
 		w.space = make(chan struct{})
 	}
 	space := w.space
+	w.waiting++
 	w.mu.Unlock()
 	t := time.NewTimer(time.Second)
 	var cancel <-chan struct{}
@@ -719,6 +829,7 @@ func (w *WAL) waitSpaceLocked(ctx context.Context) error {
 	}
 	t.Stop()
 	w.mu.Lock()
+	w.waiting--
 	return err
 }
 
@@ -744,6 +855,10 @@ func (w *WAL) Stats() Stats {
 		Corrupt:  w.corruptN,
 		DiskFull: w.diskFull,
 		InFlight: len(w.inflight),
+
+		DiskFullErrors: w.fullErrs,
+		FsyncErrors:    w.fsyncErrs,
+		Waiting:        w.waiting,
 	}
 	if s.Backlog > 0 {
 		if t := w.oldestLocked(); t > 0 {
@@ -774,7 +889,7 @@ func (w *WAL) Ready() error {
 	case w.closed:
 		return ErrClosed
 	case w.diskFull:
-		return errors.New("WAL disk is full")
+		return fmt.Errorf("WAL disk is full (%v); appends wait for space, unacknowledged", w.fullErr)
 	case w.cfg.OnFull == Block && w.unackedLocked() >= int64(w.cfg.MaxBytes)*95/100:
 		return fmt.Errorf("WAL backlog at its bound (%d bytes)", int64(w.cfg.MaxBytes))
 	}
@@ -798,7 +913,7 @@ func (w *WAL) Close() error {
 		w.cond.Wait()
 	}
 	if w.pendingN > 0 {
-		w.writeGroup()
+		w.writeGroup(nil)
 	}
 	w.closed = true
 	w.cond.Broadcast()
