@@ -6,6 +6,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"text/template"
 	"time"
 
@@ -40,6 +41,7 @@ type kindSet struct {
 	aggIdx   map[aggSpec]int
 	keep     []int64 // per field: how long history must be kept (0 = none)
 	assets   []*devices.Asset
+	slow     atomic.Bool // a reading of the kind went over the rule budget: time the next rule by rule
 }
 
 // probeKind says where a captured value comes from.
@@ -85,6 +87,7 @@ type compiledRule struct {
 	inhibitedBy []*compiledRule
 	st          *ruleState
 	m           ruleMetrics
+	quar        quarantine // cleared by a reload: a new compiledRule
 }
 
 func (cr *compiledRule) id() string { return cr.spec.ID }
@@ -420,7 +423,7 @@ func (c *compiler) compileWhen(pf *parsedFile, at string, cr *compiledRule, ks *
 	// the checker knows each field's type and reports type errors.
 	p := &patcher{c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
 	opts := append(checkFunctions(), expr.Env(map[string]any{}), expr.AsBool(), expr.Patch(p),
-		expr.MaxNodes(maxExprNodes), expr.DisableBuiltin("now"))
+		sandboxOption())
 	_, err := expr.Compile(cr.spec.When, opts...)
 	if len(p.errs) > 0 {
 		e := p.errs[0]
@@ -447,7 +450,7 @@ func (c *compiler) compileWhen(pf *parsedFile, at string, cr *compiledRule, ks *
 	// values the context boxed once per reading.
 	fp := &patcher{fast: true, c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
 	opts = append(placeholderFunctions(), expr.Env(fastEnvTypes), expr.AsBool(), expr.Patch(fp),
-		expr.MaxNodes(maxExprNodes), expr.DisableBuiltin("now"))
+		sandboxOption())
 	prog, err := expr.Compile(cr.spec.When, opts...)
 	if err == nil && len(fp.errs) > 0 {
 		err = errors.New(fp.errs[0].msg)

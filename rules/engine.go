@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -36,10 +37,23 @@ type Options struct {
 	SnapshotInterval time.Duration // Run's state snapshot interval; default 30s
 	MaxSamples       int           // per asset and field history cap; default 4096
 	EvalBudget       time.Duration // a reading whose rules take longer is counted and logged; 0 = off
-	LogEvery         time.Duration // at most one run-time error log line per rule per this; default 1m
-	HealthWindow     time.Duration // a rule with an error within this is unhealthy; default 5m
-	ReloadDebounce   time.Duration // wait after a file change before reloading; default 250ms
-	Now              func() time.Time
+	// RuleBudget is one rule's evaluation time budget against one reading;
+	// default EvalBudget (0 with EvalBudget 0: off). Rules are timed one by
+	// one only on readings that follow one whose rules took longer than
+	// this (of the same asset or kind), so a healthy gateway pays nothing
+	// per rule; a rule measured over it QuarantineAfter times within
+	// QuarantineWindow is quarantined until the next reload.
+	RuleBudget       time.Duration
+	QuarantineAfter  int           // default 3
+	QuarantineWindow time.Duration // default 10m
+	// DisplaySamples is the length of the display history: the last N
+	// values of every numeric field of every asset, for the status page's
+	// sparklines. Default 16; negative turns it off.
+	DisplaySamples int
+	LogEvery       time.Duration // at most one run-time error log line per rule per this; default 1m
+	HealthWindow   time.Duration // a rule with an error within this is unhealthy; default 5m
+	ReloadDebounce time.Duration // wait after a file change before reloading; default 250ms
+	Now            func() time.Time
 }
 
 func (o *Options) defaults() {
@@ -55,6 +69,19 @@ func (o *Options) defaults() {
 	if o.MaxSamples <= 0 {
 		o.MaxSamples = 4096
 	}
+	if o.RuleBudget <= 0 {
+		o.RuleBudget = o.EvalBudget
+	}
+	if o.QuarantineAfter <= 0 {
+		o.QuarantineAfter = 3
+	}
+	if o.QuarantineWindow <= 0 {
+		o.QuarantineWindow = 10 * time.Minute
+	}
+	if o.DisplaySamples == 0 {
+		o.DisplaySamples = 16
+	}
+	o.DisplaySamples = min(o.DisplaySamples, math.MaxUint16)
 	if o.LogEvery <= 0 {
 		o.LogEvery = time.Minute
 	}
@@ -112,6 +139,8 @@ type assetState struct {
 	lastNs int64 // time of the last reading, 0 before the first
 	seen   atomic.Int64
 	hist   []*ring
+	slow   bool    // the last reading's rules took longer than the rule budget: time the next one's rule by rule
+	disp   display // display history (its buffer is allocated on the first reading)
 }
 
 func (s *assetState) seenNs() int64 { return s.seen.Load() }
@@ -158,12 +187,14 @@ type metrics struct {
 	transitions *prometheus.CounterVec
 	overBudget  prometheus.Counter
 	sinkErrs    prometheus.Counter
+	quarantined *prometheus.GaugeVec
 }
 
 type ruleMetrics struct {
-	errs    prometheus.Counter
-	skipped prometheus.Counter
-	health  prometheus.Gauge
+	errs        prometheus.Counter
+	skipped     prometheus.Counter
+	health      prometheus.Gauge
+	quarantined prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -194,9 +225,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Readings whose rule evaluation took longer than the budget."}),
 		sinkErrs: prometheus.NewCounter(prometheus.CounterOpts{Name: "citygw_rule_sink_errors_total",
 			Help: "Failed hand-overs of transitions to the sink (retried on the next tick)."}),
+		quarantined: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "citygw_rule_quarantined",
+			Help: "1 when the rule is quarantined (over its evaluation time budget repeatedly; not evaluated until the next reload)."}, []string{"rule"}),
 	}
 	for _, c := range []prometheus.Collector{m.evals, m.readings, m.dur, m.health, m.errs, m.skipped, m.loaded, m.lastOK,
-		m.reloads, m.episodes, m.transitions, m.overBudget, m.sinkErrs} {
+		m.reloads, m.episodes, m.transitions, m.overBudget, m.sinkErrs, m.quarantined} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering rule engine metrics: %w", err)
 		}
@@ -372,12 +405,26 @@ func (e *Engine) Load(files ...string) error {
 		e.log.Error("rule files rejected; the previous rules keep running", "files", files, "err", err)
 		return fmt.Errorf("loading rules: %w", err)
 	}
+	if err := trialRun(set, e.opts.RuleBudget); err != nil {
+		// Made-up values may mislead; the gateway's own measurements decide.
+		e.log.Warn("rule trial evaluation", "err", err)
+	}
 	now := e.opts.Now()
 	old := e.set.Load()
 	var out []Transition
+	var cleared []string
+	if old != nil {
+		for _, cr := range old.rules {
+			if cr.quar.on.Load() {
+				cleared = append(cleared, cr.id())
+			}
+		}
+	}
 	for _, cr := range set.rules {
-		cr.m = ruleMetrics{errs: e.m.errs.WithLabelValues(cr.id()), skipped: e.m.skipped.WithLabelValues(cr.id()), health: e.m.health.WithLabelValues(cr.id())}
+		cr.m = ruleMetrics{errs: e.m.errs.WithLabelValues(cr.id()), skipped: e.m.skipped.WithLabelValues(cr.id()),
+			health: e.m.health.WithLabelValues(cr.id()), quarantined: e.m.quarantined.WithLabelValues(cr.id())}
 		cr.m.health.Set(1)
+		cr.m.quarantined.Set(0) // a reload compiles anew: quarantine is cleared
 		if old != nil {
 			if prev := old.byID[cr.id()]; prev != nil && prev.fingerprint == cr.fingerprint {
 				cr.st = prev.st
@@ -408,6 +455,8 @@ func (e *Engine) Load(files ...string) error {
 			if cr == nil {
 				e.m.health.DeleteLabelValues(prev.id())
 				e.m.errs.DeleteLabelValues(prev.id())
+				e.m.skipped.DeleteLabelValues(prev.id())
+				e.m.quarantined.DeleteLabelValues(prev.id())
 				if e.db != nil {
 					if err := e.db.deleteRule(prev.id()); err != nil {
 						e.log.Error("dropping state of a removed rule", "rule", prev.id(), "err", err)
@@ -434,7 +483,11 @@ func (e *Engine) Load(files ...string) error {
 	e.m.loaded.Set(float64(len(set.rules)))
 	e.m.lastOK.Set(1)
 	e.m.reloads.WithLabelValues("success").Inc()
-	e.log.Info("rules loaded", "files", files, "rules", len(set.rules))
+	if len(cleared) > 0 {
+		e.log.Info("rules loaded", "files", files, "rules", len(set.rules), "quarantine_cleared", cleared)
+	} else {
+		e.log.Info("rules loaded", "files", files, "rules", len(set.rules))
+	}
 	if len(out) > 0 {
 		e.emit(context.Background(), out, set)
 	}
@@ -516,23 +569,40 @@ func (e *Engine) Eval(ctx context.Context, r *devices.Reading) {
 		seenAt = r.Received
 	}
 	st.record(r.Values, now.UnixNano(), seenAt.UnixNano(), ks, e.opts.MaxSamples)
+	if e.opts.DisplaySamples > 0 && a.Schema != nil {
+		st.disp.push(now.UnixNano(), r.Values, e.opts.DisplaySamples, a.Schema)
+	}
 	if ks == nil || len(ks.schema.Fields) != len(st.last) {
 		st.mu.Unlock()
 		return
 	}
 	c := e.pool.Get().(*evalCtx)
 	c.reset(ks, a, st, st.last, now, e.opts.Location)
+	// Time rules one by one only after a reading (of this asset or kind)
+	// whose rules took longer than one rule may: a healthy gateway reads
+	// no clock per rule.
+	c.timed = e.opts.RuleBudget > 0 && (st.slow || ks.slow.Load())
 	for _, cr := range ks.rules {
 		e.evalRule(cr, c, now)
 	}
 	for _, cr := range ks.absence {
 		e.observe(cr, a, false, now, c)
 	}
+	d := time.Since(t0)
+	if e.opts.RuleBudget > 0 {
+		slow := d > e.opts.RuleBudget
+		st.slow = slow
+		if slow {
+			ks.slow.Store(true)
+		} else if c.timed && ks.slow.Load() {
+			ks.slow.Store(false)
+		}
+	}
+	c.timed = false
 	st.mu.Unlock()
 	n := len(ks.rules) + len(ks.absence)
 	e.m.evals.Add(float64(n))
 	e.m.readings.Inc()
-	d := time.Since(t0)
 	e.m.dur.Observe(d.Seconds())
 	if e.opts.EvalBudget > 0 && d > e.opts.EvalBudget {
 		e.m.overBudget.Inc()
@@ -554,7 +624,20 @@ func (e *Engine) Eval(ctx context.Context, r *devices.Reading) {
 
 // evalRule runs one rule's expression for the context's asset.
 func (e *Engine) evalRule(cr *compiledRule, c *evalCtx, now time.Time) {
-	res, err := c.vm.Run(cr.prog, c.env)
+	if cr.quar.on.Load() {
+		return // quarantined: its state stays as it was, as after an error
+	}
+	var res any
+	var err error
+	if c.timed {
+		t0 := time.Now()
+		res, err = c.vm.Run(cr.prog, c.env)
+		if d := time.Since(t0); d > e.opts.RuleBudget {
+			e.overran(cr, c.asset, d)
+		}
+	} else {
+		res, err = c.vm.Run(cr.prog, c.env)
+	}
 	cond := false
 	if err != nil {
 		if errors.Is(err, errIncomplete) {
@@ -917,7 +1000,7 @@ func (e *Engine) Tick(ctx context.Context, now time.Time) {
 			counts[s.state]++
 		}
 		rs.mu.Unlock()
-		if last := rs.lastErr.Load(); last == 0 || time.Duration(time.Now().UnixNano()-last) > e.opts.HealthWindow {
+		if e.health(cr, time.Now().UnixNano()) == HealthOK {
 			cr.m.health.Set(1)
 		}
 	}

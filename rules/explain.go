@@ -249,7 +249,7 @@ func compileSub(ks *kindSet, cr *compiledRule, src string) (*vm.Program, error) 
 	fp := &patcher{fast: true, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
 	naggs := len(ks.aggs)
 	opts := append(placeholderFunctions(), expr.Env(fastEnvTypes), expr.Patch(fp),
-		expr.MaxNodes(maxExprNodes), expr.DisableBuiltin("now"))
+		sandboxOption())
 	prog, err := expr.Compile(src, opts...)
 	if len(ks.aggs) != naggs {
 		// A sub-expression of a compiled rule uses no new window; this

@@ -41,10 +41,12 @@ type evalCtx struct {
 	env    map[string]any // the run-time environment: function values bound to this context
 	pboxed []any
 	pboxOK []bool
+	timed  bool // time each rule against the rule budget
 }
 
 func newEvalCtx(loc *time.Location) *evalCtx {
 	c := &evalCtx{loc: loc}
+	c.vm.MemoryBudget = maxExprMemory
 	c.env = c.fastEnv()
 	return c
 }

@@ -114,8 +114,11 @@ type AssetRule struct {
 	Need    int    `json:"need"`
 	Muted   string `json:"muted,omitempty"` // silence or inhibiting episode
 	// Healthy is false when the rule had a run-time error within the
-	// engine's health window.
+	// engine's health window, or is quarantined.
 	Healthy bool `json:"healthy"`
+	// Health says which: ok, err or quarantined (over its evaluation time
+	// budget repeatedly; not evaluated until the rules are reloaded).
+	Health Health `json:"health"`
 }
 
 // AssetRules returns the loaded rules of the asset's kind, sorted by id,
@@ -138,8 +141,8 @@ func (e *Engine) AssetRules(id string) []AssetRule {
 		if cr.absent > 0 {
 			ar.Condition = "absent " + cr.spec.Absent.String()
 		}
-		last := cr.st.lastErr.Load()
-		ar.Healthy = last == 0 || time.Duration(now-last) > e.opts.HealthWindow
+		ar.Health = e.health(cr, now)
+		ar.Healthy = ar.Health == HealthOK
 		cr.st.mu.Lock()
 		if s := cr.st.series[key]; s != nil {
 			_, ar.Meets = s.members[a.Seq]

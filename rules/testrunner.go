@@ -490,13 +490,18 @@ func Check(files ...string) error {
 }
 
 // CheckWith compiles rule files against a catalog and, when given, an
-// inventory (for group sizes); nil inventory checks the rules alone.
+// inventory (for group sizes); nil inventory checks the rules alone. Each
+// rule is then evaluated once against a made-up reading of its kind: a rule
+// stopped by the memory budget, or slower than CheckBudget, is an error.
 func CheckWith(cat *devices.Catalog, inv *devices.Inventory, files ...string) error {
 	if len(files) == 0 {
 		return errors.New("no rule files given")
 	}
-	_, err := compileFiles(cat, inv, files)
-	return err
+	set, err := compileFiles(cat, inv, files)
+	if err != nil {
+		return err
+	}
+	return trialRun(set, CheckBudget)
 }
 
 // testInput is one asset of a test case with its parsed series.
