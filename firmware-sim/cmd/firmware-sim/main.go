@@ -40,10 +40,11 @@ import (
 const usage = `usage:
   firmware-sim inventory -city FILE -o FILE [overrides]
   firmware-sim run -city FILE [-inventory-out FILE] [-control 127.0.0.1:PORT] [options and overrides]
+  firmware-sim load -city FILE -assets N -messages M [-mqtt URL]   (benchmark load; -count counts)
 
   firmware-sim version
 
-Run "firmware-sim inventory -h" or "firmware-sim run -h" for the flags.
+Run "firmware-sim inventory -h", "firmware-sim run -h" or "firmware-sim load -h" for the flags.
 Exit codes: 0 success (run: a clean shutdown on SIGINT/SIGTERM), 1 failure
 (bad city config, a port in use, …), 2 bad command line.
 `
@@ -59,6 +60,8 @@ func main() {
 		err = inventoryCmd(os.Args[2:], os.Stdout)
 	case "run":
 		err = runCmd(os.Args[2:], os.Stdout, os.Stderr)
+	case "load":
+		err = loadCmd(os.Args[2:], os.Stdout, os.Stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(os.Stdout, usage)
 		return
