@@ -108,7 +108,8 @@ func New(cfg Config, codes *CodeTable, inv *devices.Inventory, reg prometheus.Re
 	if cfg.Now != nil {
 		c.now = cfg.Now
 	}
-	c.b = builder{codes: codes, inv: inv, telemetry: cfg.TelemetryURL, exprs: func(r string) string { return c.exprs[r] }}
+	c.b = builder{codes: codes, inv: inv, telemetry: cfg.TelemetryURL, exprs: func(r string) string { return c.exprs[r] },
+		anomaly: cfg.Replicas}
 	st, err := openStore(cfg.Outbox)
 	if err != nil {
 		return nil, err
@@ -318,7 +319,7 @@ func (c *Client) apply(tx *bolt.Tx, t *rules.Transition, now time.Time, backup m
 			}
 			sc := &sinkCase{Key: cs.Key, Status: scQueued}
 			st.Sinks[s.cfg.Name] = sc
-			o := &op{ID: sc.Key + ":open", Sink: s.cfg.Name, Kind: opOpen, Episode: st.Episode, Rule: st.Rule,
+			o := &op{ID: sc.Key + ":open", Sink: s.cfg.Name, Kind: opOpen, Episode: st.Episode, Rule: st.Rule, Anomaly: st.anomaly(),
 				CaseKey: sc.Key, Case: cs, Severity: st.Severity, At: t.Time, Enqueued: now}
 			if err := putOp(tx, o); err != nil {
 				return err
@@ -355,7 +356,7 @@ func (c *Client) apply(tx *bolt.Tx, t *rules.Transition, now time.Time, backup m
 			st.Updates++
 			id = fmt.Sprintf("%s:u%d", sc.Key, st.Updates)
 		}
-		o := &op{ID: id, Sink: s.cfg.Name, Kind: kind, Episode: st.Episode, Rule: st.Rule, CaseKey: sc.Key,
+		o := &op{ID: id, Sink: s.cfg.Name, Kind: kind, Episode: st.Episode, Rule: st.Rule, Anomaly: st.anomaly(), CaseKey: sc.Key,
 			Text: text, Severity: st.Severity, At: t.Time, Enqueued: now}
 		if err := putOp(tx, o); err != nil {
 			return err
@@ -399,7 +400,7 @@ func (c *Client) remind(tx *bolt.Tx, st *caseState, now time.Time, added *[]*op)
 			continue
 		}
 		st.Updates++
-		o := &op{ID: fmt.Sprintf("%s:u%d", sc.Key, st.Updates), Sink: s.cfg.Name, Kind: opUpdate, Episode: st.Episode,
+		o := &op{ID: fmt.Sprintf("%s:u%d", sc.Key, st.Updates), Sink: s.cfg.Name, Kind: opUpdate, Episode: st.Episode, Anomaly: st.anomaly(),
 			Rule: st.Rule, CaseKey: sc.Key, Text: text, Severity: st.Severity, At: now, Enqueued: now}
 		if err := putOp(tx, o); err != nil {
 			return err
@@ -464,13 +465,14 @@ func (c *Client) housekeep() error {
 				if sc.ReopenAt.IsZero() || now.Before(sc.ReopenAt) || c.byName[name] == nil {
 					continue
 				}
-				prev, prevID := sc.Key, sc.ID
+				prev, prevID := sc.target(), sc.ID
 				sc.Previous = append(sc.Previous, prev+"="+prevID)
 				sc.Gen++
 				sc.Key, sc.ID, sc.Token, sc.Status, sc.ReopenAt, sc.Accepted, sc.ClosedAt = caseKey(st.Episode, sc.Gen), "", "", scQueued, time.Time{}, time.Time{}, time.Time{}
+				sc.Attached = ""
 				cs := *st.Case
 				cs.Key, cs.Generation, cs.Reopens, cs.ReopensID, cs.Severity = sc.Key, sc.Gen, prev, prevID, st.Severity
-				o := &op{ID: sc.Key + ":open", Sink: name, Kind: opOpen, Episode: st.Episode, Rule: st.Rule, CaseKey: sc.Key,
+				o := &op{ID: sc.Key + ":open", Sink: name, Kind: opOpen, Episode: st.Episode, Rule: st.Rule, Anomaly: st.anomaly(), CaseKey: sc.Key,
 					Case: &cs, Severity: st.Severity, At: now, Enqueued: now}
 				if err := putOp(tx, o); err != nil {
 					return err

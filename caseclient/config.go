@@ -80,7 +80,14 @@ type Config struct {
 	// LookupBeforeOpen makes every Open311 open look the case up by its key
 	// before posting, not only after an ambiguous failure: for several
 	// gateway replicas feeding one case system (one GET per new case).
-	LookupBeforeOpen bool              `yaml:"lookup_before_open,omitempty"`
+	LookupBeforeOpen bool `yaml:"lookup_before_open,omitempty"`
+	// Replicas declares that several gateway replicas feed the same case
+	// systems. Each case then carries an anomaly key (rule id + group key,
+	// the same on every replica whichever readings it saw); before its
+	// first POST the client looks for an open case with the same anomaly
+	// key and, if there is one, attaches its episode to that case instead
+	// of opening another. Implies LookupBeforeOpen. See README.md.
+	Replicas         bool              `yaml:"replicas,omitempty"`
 	Retention        yamlconf.Duration `yaml:"retention,omitempty"`         // keep state of ended cases this long; default 168h
 	DeliveryInterval yamlconf.Duration `yaml:"delivery_interval,omitempty"` // idle re-scan of the outbox; default 1s
 
@@ -110,6 +117,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxOpensPerSink == 0 {
 		c.MaxOpensPerSink = 30
+	}
+	if c.Replicas {
+		c.LookupBeforeOpen = true
 	}
 	if c.Remind == nil {
 		t := true

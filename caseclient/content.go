@@ -1,6 +1,8 @@
 package caseclient
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"net/url"
@@ -22,6 +24,10 @@ type Case struct {
 	Reopens    string `json:"reopens,omitempty"`    // key of the case this one re-opens
 	ReopensID  string `json:"reopens_id,omitempty"` // that case's id at the sink
 	EpisodeID  string `json:"episode_id"`
+	// AnomalyKey names the anomaly (rule id + group key) independently of
+	// the episode, so that replicas that saw different readings of it name
+	// it alike; set in replicas mode only (Config.Replicas).
+	AnomalyKey string `json:"anomaly_key,omitempty"`
 	Rule       string `json:"rule"`
 	Expression string `json:"expression,omitempty"`
 
@@ -70,12 +76,27 @@ func caseKey(episode string, gen int) string {
 	return "cgw-" + episode + "-r" + strconv.Itoa(gen)
 }
 
+// AnomalyKey names an anomaly independently of its episode: a hash of the
+// rule id and the group key (for most rules the asset id). Two gateway
+// replicas that start episodes of one anomaly at different times (each saw
+// other readings) derive different episode ids but the same anomaly key.
+// It is "cgwa-" and 20 hex digits: printable ASCII, safe in a header, a
+// description tag and an Open311 attribute.
+func AnomalyKey(rule, groupKey string) string {
+	h := sha256.New()
+	h.Write([]byte(rule))
+	h.Write([]byte{0})
+	h.Write([]byte(groupKey))
+	return "cgwa-" + hex.EncodeToString(h.Sum(nil)[:10])
+}
+
 // builder builds case content from transitions.
 type builder struct {
 	codes     *CodeTable
 	inv       *devices.Inventory
 	telemetry string
 	exprs     func(rule string) string
+	anomaly   bool // replicas mode: give each case its anomaly key
 }
 
 // build returns the case for a firing transition. An unknown service is an
@@ -92,6 +113,9 @@ func (b *builder) build(t *rules.Transition) (*Case, error) {
 		GroupSize: t.GroupSize, Values: jsonSafe(t.Values), Thresholds: jsonSafe(t.Thresholds), FirstSeen: t.Start.UTC(), FiredAt: t.Time.UTC()}
 	if b.exprs != nil {
 		c.Expression = b.exprs(t.Rule)
+	}
+	if b.anomaly {
+		c.AnomalyKey = AnomalyKey(t.Rule, t.GroupKey)
 	}
 	if cl, ok := b.codes.Class(svc, t.Kind); ok {
 		c.Major, c.Sub, c.ClassName = cl.Major, cl.Sub, cl.Name
@@ -198,6 +222,10 @@ func telemetryLink(tmpl, asset, kind string, from, to time.Time) string {
 // found by its key in a case system that keeps only the description.
 func keyTag(key string) string { return "[case " + key + "]" }
 
+// anomalyTag is how an anomaly key appears in free text, for case systems
+// that keep no attributes.
+func anomalyTag(key string) string { return "[anomaly " + key + "]" }
+
 // maxDescription is Open311's limit on a request's description.
 const maxDescription = 4000
 
@@ -208,6 +236,10 @@ func (c *Case) Text() string {
 	var b strings.Builder
 	b.WriteString(keyTag(c.Key))
 	b.WriteString(" ")
+	if c.AnomalyKey != "" {
+		b.WriteString(anomalyTag(c.AnomalyKey))
+		b.WriteString(" ")
+	}
 	b.WriteString(c.Title)
 	b.WriteString("\n")
 	if c.Description != "" {

@@ -2,6 +2,7 @@ package caseclient
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -162,7 +163,7 @@ func (c *Client) settle(s *sinkRT, o *op, r result, now time.Time) {
 	switch {
 	case r.ok:
 		if sc != nil && o.Kind == opOpen {
-			sc.ID, sc.Token, sc.Status, sc.Accepted = r.id, r.token, scOpen, now
+			sc.ID, sc.Token, sc.Status, sc.Accepted, sc.Attached = r.id, r.token, scOpen, now, r.attached
 		}
 		err := c.st.db.Update(func(tx *bolt.Tx) error {
 			if err := tx.Bucket(bOps).Delete(seqKey(o.Seq)); err != nil {
@@ -188,11 +189,22 @@ func (c *Client) settle(s *sinkRT, o *op, r result, now time.Time) {
 		if r.reason == "reconciled" {
 			c.m.reconciled.WithLabelValues(name).Inc()
 		}
-		if o.Kind == opOpen {
+		if r.duplicate {
+			c.m.duplicates.WithLabelValues(name).Inc()
+			c.log.Warn("another open case of the same anomaly exists at the case system: a duplicate across replicas (the case system does not keep one open case per anomaly)",
+				"sink", name, "rule", o.Rule, "case", o.CaseKey, "id", r.id, "anomaly", o.Anomaly, "other", r.msg)
+		}
+		switch {
+		case o.Kind == opOpen && r.attached != "":
+			how := strings.TrimPrefix(r.reason, "attached_")
+			c.m.attached.WithLabelValues(name, how).Inc()
+			c.log.Info("episode attached to the open case of its anomaly", "sink", name, "rule", o.Rule, "case", o.CaseKey,
+				"attached_to", r.attached, "id", r.id, "how", how, "anomaly", o.Anomaly)
+		case o.Kind == opOpen:
 			c.m.opened.WithLabelValues(name).Inc()
 			c.log.Info("case opened", "sink", name, "rule", o.Rule, "case", o.CaseKey, "id", r.id, "token", r.token,
 				"how", r.reason, "attempts", o.Attempts+1)
-		} else {
+		default:
 			c.m.updated.WithLabelValues(name).Inc()
 			c.log.Info("case updated", "sink", name, "rule", o.Rule, "case", o.CaseKey, "kind", o.Kind, "op", o.ID,
 				"how", r.reason, "attempts", o.Attempts+1)

@@ -17,6 +17,8 @@ import (
 type result struct {
 	ok         bool
 	id, token  string // open: the case system's id, or a batch token
+	attached   string // open: the key of another replica's case the episode was attached to
+	duplicate  bool   // open: posted, and another open case of the anomaly exists (counted)
 	permanent  bool   // 4xx other than 408/409/429: do not retry
 	gone       bool   // 410 from a webhook: disable the sink
 	ambiguous  bool   // the request may have been acted on

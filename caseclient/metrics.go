@@ -15,6 +15,8 @@ type metrics struct {
 	throttled  *prometheus.CounterVec
 	ignored    *prometheus.CounterVec
 	reconciled *prometheus.CounterVec
+	attached   *prometheus.CounterVec
+	duplicates *prometheus.CounterVec
 	dead       prometheus.Gauge
 }
 
@@ -41,10 +43,16 @@ func newMetrics(reg prometheus.Registerer, depth, oldest func() float64) (*metri
 		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_case_reconciled_total",
 			Help: "Operations found already on the case system by a lookup after an ambiguous attempt (a duplicate avoided), by sink."},
 			[]string{"sink"}),
+		attached: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_cases_attached_total",
+			Help: "Episodes attached to an open case of the same anomaly instead of opening one (replicas mode), by sink and how: lookup (found before posting) or desk (the case system answered with its open case)."},
+			[]string{"sink", "how"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citygw_cases_duplicate_total",
+			Help: "Cases this replica opened although another open case of the same anomaly exists (replicas mode, a case system without per-anomaly uniqueness), by sink."},
+			[]string{"sink"}),
 		dead: prometheus.NewGauge(prometheus.GaugeOpts{Name: "citygw_case_dead_letters",
 			Help: "Operations in the outbox's dead-letter bucket."}),
 	}
-	cs := []prometheus.Collector{m.opened, m.updated, m.failed, m.delivery, m.sinkUp, m.throttled, m.ignored, m.reconciled, m.dead,
+	cs := []prometheus.Collector{m.opened, m.updated, m.failed, m.delivery, m.sinkUp, m.throttled, m.ignored, m.reconciled, m.attached, m.duplicates, m.dead,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citygw_case_outbox_depth",
 			Help: "Operations waiting in the case outbox."}, depth),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citygw_case_outbox_oldest_seconds",

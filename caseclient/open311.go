@@ -65,6 +65,43 @@ func (r *request) hasCaseKey(key string) bool {
 	return false
 }
 
+// attr returns the first value of an attribute the case system echoed.
+func (r *request) attr(code string) string {
+	raw, ok := r.Attributes[code]
+	if !ok {
+		return ""
+	}
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return one
+	}
+	var many []string
+	if json.Unmarshal(raw, &many) == nil && len(many) > 0 {
+		return many[0]
+	}
+	return ""
+}
+
+// hasAnomaly reports whether the record is about the anomaly: its
+// anomaly_key attribute or the tag in its description.
+func (r *request) hasAnomaly(key string) bool {
+	return r.attr("anomaly_key") == key || strings.Contains(r.Description, anomalyTag(key))
+}
+
+// caseKeyOf returns the case key a record carries (attribute, else the
+// description's tag), or "".
+func (r *request) caseKeyOf() string {
+	if k := r.attr("case_key"); k != "" {
+		return k
+	}
+	if rest, ok := strings.CutPrefix(r.Description, "[case "); ok {
+		if k, _, ok := strings.Cut(rest, "]"); ok {
+			return k
+		}
+	}
+	return ""
+}
+
 // idString reads an id the case system may send as a string or a number.
 type idString string
 
@@ -127,6 +164,7 @@ func (o *open311Sink) form(c *Case) url.Values {
 		}
 	}
 	attr("case_key", c.Key)
+	attr("anomaly_key", c.AnomalyKey)
 	attr("episode_id", c.EpisodeID)
 	attr("case_type", c.Type)
 	attr("major_class", c.Major)
@@ -202,6 +240,18 @@ func (o *open311Sink) open(ctx context.Context, op *op) result {
 			return result{ok: true, id: id, reason: "reconciled"}
 		}
 	}
+	if c.AnomalyKey != "" {
+		// Replicas: another replica may have opened a case for this
+		// anomaly (from an episode of its own); attach to it.
+		id, key, r := o.findOpenAnomaly(ctx, c)
+		if !r.ok {
+			r.reason = "lookup_" + r.reason
+			return r
+		}
+		if id != "" {
+			return result{ok: true, id: id, attached: key, reason: "attached_lookup"}
+		}
+	}
 	resp, body, err := o.post(ctx, "/requests.json", o.form(c))
 	if err != nil {
 		return transportFailure(err)
@@ -212,6 +262,11 @@ func (o *open311Sink) open(ctx context.Context, op *op) result {
 	var out []struct {
 		ID    idString `json:"service_request_id"`
 		Token idString `json:"token"`
+		// A case system that keeps one open case per anomaly answers a
+		// second open with the existing case: duplicate true and its
+		// case_key (see README.md, "Exactly once across replicas").
+		Duplicate bool   `json:"duplicate"`
+		CaseKey   string `json:"case_key"`
 	}
 	if err := json.Unmarshal(body, &out); err != nil {
 		// Accepted, but we cannot read the answer: look it up next time.
@@ -220,8 +275,68 @@ func (o *open311Sink) open(ctx context.Context, op *op) result {
 	r := result{ok: true, reason: "ok"}
 	if len(out) > 0 {
 		r.id, r.token = string(out[0].ID), string(out[0].Token)
+		switch {
+		case out[0].Duplicate && out[0].CaseKey != "" && out[0].CaseKey != c.Key:
+			r.attached, r.reason = out[0].CaseKey, "attached_desk"
+		case out[0].Duplicate:
+			r.reason = "reconciled" // our own case, posted before
+		case c.AnomalyKey != "" && r.id != "":
+			// Replicas against a case system that may not keep one open
+			// case per anomaly: look whether another replica's case
+			// raced ours, to count the duplicate (it cannot be undone).
+			r.duplicate, r.msg = o.raced(ctx, c, r.id)
+		}
 	}
 	return r
+}
+
+// raced reports whether an open request about c's anomaly other than id
+// exists that came first (a lower id, compared as numbers when both are),
+// and names it; a failed lookup reports nothing.
+func (o *open311Sink) raced(ctx context.Context, c *Case, id string) (bool, string) {
+	q := url.Values{}
+	q.Set("service_code", o.serviceCode(c.Service))
+	q.Set("status", "open")
+	var reqs []request
+	if r := o.get(ctx, "/requests.json", q, &reqs); !r.ok {
+		return false, ""
+	}
+	for _, rq := range reqs {
+		if other := string(rq.ID); other != id && rq.Status == "open" && rq.hasAnomaly(c.AnomalyKey) && idLess(other, id) {
+			return true, other
+		}
+	}
+	return false, ""
+}
+
+// idLess orders request ids: as numbers when both are, else as text.
+func idLess(a, b string) bool {
+	x, errA := strconv.ParseUint(a, 10, 64)
+	y, errB := strconv.ParseUint(b, 10, 64)
+	if errA == nil && errB == nil {
+		return x < y
+	}
+	return a < b
+}
+
+// findOpenAnomaly looks for an open request about the anomaly of case c
+// (any episode, any replica) and returns its id and case key. Open cases
+// may be old, so the search spans the case system's default window (the
+// spec's 90 days).
+func (o *open311Sink) findOpenAnomaly(ctx context.Context, c *Case) (id, key string, r result) {
+	q := url.Values{}
+	q.Set("service_code", o.serviceCode(c.Service))
+	q.Set("status", "open")
+	var reqs []request
+	if r := o.get(ctx, "/requests.json", q, &reqs); !r.ok {
+		return "", "", r
+	}
+	for _, rq := range reqs {
+		if rq.Status == "open" && rq.ID != "" && rq.hasAnomaly(c.AnomalyKey) {
+			return string(rq.ID), rq.caseKeyOf(), result{ok: true}
+		}
+	}
+	return "", "", result{ok: true}
 }
 
 // find looks for the request of case c at the case system: requests of its
@@ -272,7 +387,7 @@ func (o *open311Sink) update(ctx context.Context, op *op, sc *sinkCase) result {
 			return r
 		}
 		for _, u := range ups {
-			if string(u.UpdateID) == op.ID {
+			if string(u.UpdateID) == sc.opID(op) {
 				return result{ok: true, reason: "reconciled"}
 			}
 		}
@@ -283,10 +398,10 @@ func (o *open311Sink) update(ctx context.Context, op *op, sc *sinkCase) result {
 		f.Set("jurisdiction_id", o.cfg.Jurisdiction)
 	}
 	f.Set("service_request_id", sc.ID)
-	f.Set("update_id", op.ID)
+	f.Set("update_id", sc.opID(op))
 	f.Set("status", "OPEN") // the gateway never closes a case: verification is the case system's
 	f.Set("updated_datetime", op.At.UTC().Format(time.RFC3339))
-	f.Set("description", truncate(keyTag(sc.Key)+" "+op.Text, maxDescription))
+	f.Set("description", truncate(keyTag(sc.target())+" "+op.Text, maxDescription))
 	resp, body, err := o.post(ctx, "/servicerequestupdates.json", f)
 	if err != nil {
 		return transportFailure(err)

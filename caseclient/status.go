@@ -56,6 +56,9 @@ type CaseSinkStatus struct {
 	Notes    string    `json:"notes,omitempty"`
 	ReopenAt time.Time `json:"reopen_at,omitzero"`
 	Previous []string  `json:"previous,omitempty"` // earlier cases: key=id
+	// AttachedTo is the key of the case (opened by another replica for
+	// the same anomaly) this episode was attached to, in replicas mode.
+	AttachedTo string `json:"attached_to,omitempty"`
 }
 
 // Status returns the client's current state.
@@ -87,7 +90,7 @@ func (c *Client) Status() Status {
 		for _, name := range sortedKeys(cs.Sinks) {
 			sc := cs.Sinks[name]
 			y := CaseSinkStatus{Sink: name, Key: sc.Key, ID: sc.ID, Token: sc.Token, Status: sc.Status, Notes: sc.Notes,
-				ReopenAt: sc.ReopenAt, Previous: sc.Previous}
+				ReopenAt: sc.ReopenAt, Previous: sc.Previous, AttachedTo: sc.Attached}
 			if s := c.byName[name]; s != nil && s.cfg.CaseURL != "" && sc.ID != "" {
 				y.Link = strings.ReplaceAll(s.cfg.CaseURL, "{id}", sc.ID)
 			}

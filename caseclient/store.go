@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -28,8 +29,9 @@ type op struct {
 	Episode  string    `json:"episode"`
 	Rule     string    `json:"rule"`
 	CaseKey  string    `json:"case_key"`
-	Case     *Case     `json:"case,omitempty"` // open: the content
-	Text     string    `json:"text,omitempty"` // update/cleared: the update's text
+	Anomaly  string    `json:"anomaly,omitempty"` // the anomaly key (replicas mode)
+	Case     *Case     `json:"case,omitempty"`    // open: the content
+	Text     string    `json:"text,omitempty"`    // update/cleared: the update's text
 	Severity string    `json:"severity,omitempty"`
 	At       time.Time `json:"at"` // when it happened
 	Enqueued time.Time `json:"enqueued"`
@@ -52,6 +54,31 @@ type sinkCase struct {
 	ReopenAt time.Time `json:"reopen_at,omitzero"`
 	Notes    string    `json:"notes,omitempty"` // the case system's status notes or rejection message
 	Previous []string  `json:"previous,omitempty"`
+	// Attached is the case key of another replica's case that this
+	// episode was attached to (replicas mode): the case at the sink is
+	// that one, and updates are posted to it under its key, so that the
+	// replicas' updates of one anomaly deduplicate on the case system.
+	Attached string `json:"attached,omitempty"`
+}
+
+// target is the key of the case at the sink: the attached case's key, or
+// the episode's own.
+func (sc *sinkCase) target() string {
+	if sc.Attached != "" {
+		return sc.Attached
+	}
+	return sc.Key
+}
+
+// opID is the operation key sent to the sink for o: for an attached case,
+// the attached case's key takes the place of the episode's own, so that
+// replicas reporting one anomaly send the same update_id (":cleared",
+// ":u1"…) and the case system keeps one of each.
+func (sc *sinkCase) opID(o *op) string {
+	if sc == nil || sc.Attached == "" || !strings.HasPrefix(o.ID, o.CaseKey) {
+		return o.ID
+	}
+	return sc.Attached + strings.TrimPrefix(o.ID, o.CaseKey)
 }
 
 // Sink case statuses.
@@ -77,6 +104,14 @@ type caseState struct {
 	Updates    int                  `json:"updates"`
 	Case       *Case                `json:"case"` // the first case's content (re-opens copy it)
 	Sinks      map[string]*sinkCase `json:"sinks"`
+}
+
+// anomaly returns the episode's anomaly key ("" outside replicas mode).
+func (s *caseState) anomaly() string {
+	if s.Case == nil {
+		return ""
+	}
+	return s.Case.AnomalyKey
 }
 
 func (s *caseState) clone() *caseState {

@@ -9,6 +9,9 @@ import (
 	"time"
 )
 
+// AnomalyHeader carries a webhook delivery's anomaly key (replicas mode).
+const AnomalyHeader = "Citygw-Anomaly-Key"
+
 // webhookSink posts signed JSON events (Standard Webhooks v1).
 type webhookSink struct {
 	cfg SinkConfig
@@ -25,6 +28,7 @@ type WebhookEvent struct {
 		OperationID string `json:"operation_id"`
 		CaseKey     string `json:"case_key"`
 		EpisodeID   string `json:"episode_id"`
+		AnomalyKey  string `json:"anomaly_key,omitempty"` // replicas mode: the same for every replica's episode of the anomaly
 		Rule        string `json:"rule"`
 		Case        *Case  `json:"case,omitempty"`
 		Text        string `json:"text,omitempty"`
@@ -40,6 +44,7 @@ func webhookBody(o *op) ([]byte, error) {
 	ev.Type = "case." + map[string]string{opOpen: "opened", opUpdate: "updated", opCleared: "cleared"}[o.Kind]
 	ev.Timestamp = o.At.UTC()
 	ev.Data.OperationID, ev.Data.CaseKey, ev.Data.EpisodeID, ev.Data.Rule = o.ID, o.CaseKey, o.Episode, o.Rule
+	ev.Data.AnomalyKey = o.Anomaly
 	ev.Data.Case, ev.Data.Text, ev.Data.Severity = o.Case, o.Text, o.Severity
 	ev.Data.Status = "open"
 	if o.Kind == opCleared {
@@ -66,6 +71,15 @@ func (w *webhookSink) deliver(ctx context.Context, o *op, _ *sinkCase) result {
 	// string. Operation keys are printable ASCII without quotes or
 	// backslashes.
 	req.Header.Set("Idempotency-Key", `"`+o.ID+`"`)
+	if o.Anomaly != "" {
+		// Replicas mode: the anomaly-level dedup key. Each replica's
+		// episode has its own operation keys; a receiver that keeps one
+		// open case per anomaly merges opens carrying the same value (see
+		// README.md: a webhook answer cannot tell the sender which case
+		// it merged into, so the webhook is not exactly-once per anomaly
+		// by itself).
+		req.Header.Set(AnomalyHeader, o.Anomaly)
+	}
 	req.Header.Set("User-Agent", userAgent)
 	resp, rb, err := do(w.hc, req)
 	if err != nil {

@@ -59,6 +59,18 @@ type Request struct {
 	UpdatedAt         time.Time           `json:"updated_datetime"`
 	ResolvesAt        time.Time           `json:"resolves_at,omitzero"` // batch: when the token resolves to the id
 	Updates           []Update            `json:"updates,omitempty"`
+	// Merged lists the case keys of later opens for the same anomaly that
+	// the desk answered with this request instead of opening another
+	// (at most one open request per anomaly_key).
+	Merged []string `json:"merged_case_keys,omitempty"`
+}
+
+// AnomalyKey returns the request's anomaly_key attribute, or "".
+func (r *Request) AnomalyKey() string {
+	if v := r.Attributes[AttrAnomalyKey]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // CaseKey returns the request's case_key attribute, or "".
@@ -275,6 +287,7 @@ func (d *Desk) Request(id string) (Request, bool) {
 func cloneRequest(r *Request) Request {
 	c := *r
 	c.Updates = slices.Clone(r.Updates)
+	c.Merged = slices.Clone(r.Merged)
 	if r.Attributes != nil {
 		c.Attributes = make(map[string][]string, len(r.Attributes))
 		for k, v := range r.Attributes {

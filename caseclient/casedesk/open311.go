@@ -190,6 +190,10 @@ func (d *Desk) handlePostRequest(w http.ResponseWriter, r *http.Request) {
 	req.Attributes = attrs
 
 	d.mu.Lock()
+	if open := d.openForAnomaly(req.AnomalyKey(), req.Jurisdiction); open != nil {
+		d.mergeOpen(w, r, open, req.CaseKey()) // unlocks
+		return
+	}
 	seq := d.nextSeq(keyRequestSeq)
 	now := d.cfg.Now().UTC().Truncate(time.Second)
 	req.ID = strconv.FormatUint(1000+seq.n, 10)
@@ -222,6 +226,59 @@ func (d *Desk) handlePostRequest(w http.ResponseWriter, r *http.Request) {
 	default:
 		d.respond(w, r, http.StatusOK, []map[string]any{{"service_request_id": req.ID,
 			"service_notice": req.ServiceNotice, "account_id": nil}})
+	}
+}
+
+// openForAnomaly returns the open request about anomaly key in jurisdiction
+// j, or nil: the desk keeps at most one open request per anomaly_key, like
+// a unique index. Called with d.mu held.
+func (d *Desk) openForAnomaly(key, j string) *Request {
+	if key == "" {
+		return nil
+	}
+	var found *Request
+	for _, r := range d.requests {
+		if r.Status == "open" && r.Jurisdiction == j && r.AnomalyKey() == key && (found == nil || cmpID(r.ID, found.ID) < 0) {
+			found = r
+		}
+	}
+	return found
+}
+
+// mergeOpen answers a POST for an anomaly that already has an open request
+// with that request, as a successful Open311 answer:
+//
+//	200 [{"service_request_id":"1001","service_notice":"…","account_id":null,
+//	      "duplicate":true,"case_key":"<the open request's case_key>"}]
+//
+// A client that does not know the extra fields takes the existing request
+// for its own (which it is: the same anomaly). The new case key is
+// recorded in the request's merged_case_keys. Called with d.mu held;
+// unlocks it.
+func (d *Desk) mergeOpen(w http.ResponseWriter, r *http.Request, open *Request, caseKey string) {
+	c := cloneRequest(open)
+	if caseKey != "" && caseKey != c.CaseKey() && !slices.Contains(c.Merged, caseKey) {
+		c.Merged = append(c.Merged, caseKey)
+		if err := d.st.put(bucketRequests, c.ID, &c); err != nil {
+			d.mu.Unlock()
+			d.log.Error("storing a merged open", "error", err)
+			d.apiError(w, r, http.StatusInternalServerError, "storing the request failed")
+			return
+		}
+		*open = c
+	}
+	d.mu.Unlock()
+	d.log.Info("open for an anomaly that has an open request answered with it", "service_request_id", c.ID,
+		"anomaly_key", c.AnomalyKey(), "case_key", caseKey, "open_case_key", c.CaseKey())
+	notice := fmt.Sprintf("An open request for this anomaly exists: %s; this report was merged into it.", c.ID)
+	switch {
+	case c.ServiceType == TypeBlackbox:
+		d.respond(w, r, http.StatusOK, []struct{}{})
+	case !d.visible(&c, d.cfg.Now()):
+		d.respond(w, r, http.StatusOK, []map[string]any{{"token": c.Token, "duplicate": true, "case_key": c.CaseKey()}})
+	default:
+		d.respond(w, r, http.StatusOK, []map[string]any{{"service_request_id": c.ID, "service_notice": notice,
+			"account_id": nil, "duplicate": true, "case_key": c.CaseKey()}})
 	}
 }
 

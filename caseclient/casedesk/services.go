@@ -62,6 +62,7 @@ type AttributeValue struct {
 // idempotency mechanism of its own).
 const (
 	AttrCaseKey       = "case_key"
+	AttrAnomalyKey    = "anomaly_key"
 	AttrComponentCode = "component_code"
 	AttrSeverity      = "severity"
 )
@@ -92,6 +93,7 @@ func commonAttributes() []Attribute {
 		str(13, "department", "Responsible department"),
 		str(14, "reopens", "Case key of the case this one re-opens"),
 		str(15, "telemetry_url", "Link to the asset's telemetry"),
+		str(16, AttrAnomalyKey, "Anomaly key: the same for every report of one anomaly (gateway replicas); at most one open request per key"),
 	}
 	return attrs
 }
