@@ -58,7 +58,7 @@ func BenchmarkEval(b *testing.B) {
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {
 			f := writeRules(b, b.TempDir(), "r.yaml", genRules(tc.n, tc.only))
-			e, _ := newTestEngine(b, Options{Location: time.UTC}, inv, cat, f)
+			e, _ := newTestEngine(b, Options{Location: time.UTC, EvalBudget: 50 * time.Millisecond}, inv, cat, f)
 			kindRules := len(e.set.Load().kinds["streetlight"].rules)
 			a := inv.Lookup("L1")
 			t0 := time.Date(2026, 6, 21, 14, 0, 0, 0, time.UTC) // 22:00 in Shanghai: dark
@@ -92,7 +92,7 @@ func BenchmarkEvalParallel(b *testing.B) {
 	cat := testCatalog(b)
 	inv := testInventory(b, cat, 64)
 	f := writeRules(b, b.TempDir(), "r.yaml", genRules(1000, ""))
-	e, _ := newTestEngine(b, Options{Location: time.UTC}, inv, cat, f)
+	e, _ := newTestEngine(b, Options{Location: time.UTC, EvalBudget: 50 * time.Millisecond}, inv, cat, f)
 	kindRules := len(e.set.Load().kinds["streetlight"].rules)
 	t0 := time.Date(2026, 6, 21, 14, 0, 0, 0, time.UTC)
 	ctx := context.Background()
@@ -134,7 +134,7 @@ func BenchmarkEvalComparisons(b *testing.B) {
 		fmt.Fprintf(&sb, "  - id: bench.c%d\n    kind: streetlight\n    when: '%s'\n    severity: minor\n    case: {service: s, title: t}\n",
 			i, fmt.Sprintf(tpls[i%len(tpls)], i))
 	}
-	e, _ := newTestEngine(b, Options{Location: time.UTC}, inv, cat, writeRules(b, b.TempDir(), "r.yaml", sb.String()))
+	e, _ := newTestEngine(b, Options{Location: time.UTC, EvalBudget: 50 * time.Millisecond}, inv, cat, writeRules(b, b.TempDir(), "r.yaml", sb.String()))
 	a := inv.Lookup("L1")
 	t0 := time.Date(2026, 6, 21, 4, 0, 0, 0, time.UTC)
 	r := reading(b, a, t0, map[string]any{"relay_on": true, "current_a": 0.43, "voltage_v": 230.0,
@@ -153,5 +153,37 @@ func BenchmarkEvalComparisons(b *testing.B) {
 	b.StopTimer()
 	if sec := b.Elapsed().Seconds(); sec > 0 {
 		b.ReportMetric(float64(b.N)*250/sec, "evals/s")
+	}
+}
+
+// BenchmarkEvalDisplay is one streetlight reading against one rule with
+// the display history off and on (16 samples): the per-reading cost of
+// keeping every numeric field's recent values.
+func BenchmarkEvalDisplay(b *testing.B) {
+	cat := testCatalog(b)
+	inv := testInventory(b, cat, 64)
+	for _, tc := range []struct {
+		name string
+		n    int
+	}{{"display=off", -1}, {"display=16", 16}} {
+		b.Run(tc.name, func(b *testing.B) {
+			f := writeRules(b, b.TempDir(), "r.yaml", genRules(1, "streetlight"))
+			e, _ := newTestEngine(b, Options{Location: time.UTC, EvalBudget: 50 * time.Millisecond, DisplaySamples: tc.n}, inv, cat, f)
+			a := inv.Lookup("L1")
+			t0 := time.Date(2026, 6, 21, 14, 0, 0, 0, time.UTC)
+			r := reading(b, a, t0, map[string]any{"relay_on": true, "current_a": 0.43, "voltage_v": 230.0,
+				"dim_level": 100, "power_w": 99.0, "tilt_alarm": false, "tilt_deg": 0.3})
+			ctx := context.Background()
+			for i := 0; i < 100; i++ {
+				r.Time = t0.Add(time.Duration(i) * time.Second)
+				e.Eval(ctx, r)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r.Time = t0.Add(time.Duration(100+i) * time.Second)
+				e.Eval(ctx, r)
+			}
+		})
 	}
 }

@@ -19,11 +19,11 @@ import (
 // Memory per asset: 40 bytes in the engine's per-asset state for everyone
 // (this struct), plus on the first reading one buffer of 4·N·(1+F) bytes,
 // rounded up to Go's allocation size class, where F is the kind's numeric
-// fields. With the default N=16 and the shipped profiles (see
-// TestDisplayMemoryPerAsset): streetlight F=12 -> 832+40 B, cabinet F=16 ->
-// 1088+40 B, gas station F=10 -> 704+40 B, waste bin F=5 -> 384+40 B. A
-// city of 126,000 assets, mostly lamps, needs about 110 MB at N=16; N=8
-// halves that.
+// fields. With the default N=16 and the shipped profiles (measured by
+// TestDisplayMemoryPerAsset): streetlight F=13 -> 896+40 B, cabinet F=20 ->
+// 1408+40 B, gas station F=13 -> 896+40 B, waste bin F=9 -> 640+40 B. A
+// city of 126,000 assets, mostly lamps, needs about 118 MB at N=16 and
+// about 61 MB at N=8 (448+40 B a lamp).
 type display struct {
 	buf   []uint32 // [0,n): time offsets; [n, n+n*len(cols)): float32 bits, row by row
 	base  int64    // unix milliseconds the offsets count from
