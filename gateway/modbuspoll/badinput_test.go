@@ -1,0 +1,176 @@
+package modbuspoll
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/citygw/citygw/devices"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// requestErrors returns citygw_modbus_request_errors_total of endpoint by
+// reason.
+func requestErrors(t testing.TB, reg prometheus.Gatherer, endpoint string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "citygw_modbus_request_errors_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var ep, reason string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "endpoint":
+					ep = l.GetValue()
+				case "reason":
+					reason = l.GetValue()
+				}
+			}
+			if ep == endpoint {
+				out[reason] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// TestBadReplies: a unit behind the same port as a healthy one answers its
+// holding register read wrongly, one way per case. The wrong reply is
+// rejected with an error naming the asset, the unit and the registers,
+// counted under its reason; a reply that could leave the connection out of
+// step makes the poller reconnect (an exception reply does not); the unit's
+// other fields still come through, and both units keep being polled.
+func TestBadReplies(t *testing.T) {
+	cat := builtin(t)
+	p := cat.Profile("citylight-slc200")
+	reqs := Plan(p, ProfilePlanOptions(p))
+	hi := -1
+	for i, r := range reqs {
+		if r.Table == devices.Holding {
+			hi = i
+		}
+	}
+	if hi < 0 || hi == len(reqs)-1 {
+		t.Fatalf("the test needs a holding register read followed by another read; %s plans %v", p.Model, reqs)
+	}
+	const timeout = 100 * time.Millisecond
+	need := 2 * int(reqs[hi].Count)
+	cases := []struct {
+		name   string
+		how    misbehaviour
+		code   byte
+		reason string
+		text   string
+	}{
+		{"dead", dead, 0, reasonTimeout, "no reply within 100ms"},
+		{"slow", slow, 0, reasonTimeout, "no reply within 100ms"},
+		{"illegal data address", exception, 2, "exception_illegal_data_address", "exception '2' (illegal data address)"},
+		{"device failure", exception, 4, "exception_device_failure", "exception '4' (server device failure)"},
+		{"wrong transaction id", wrongTID, 0, reasonTransactionID, "reply transaction id"},
+		{"stale reply first", staleTID, 0, reasonTransactionID, "reply transaction id"},
+		{"wrong unit id", wrongUnit, 0, reasonUnitID, "reply unit id 1, request 7"},
+		{"wrong protocol id", wrongProtocol, 0, reasonProtocolID, "reply protocol id 1, want 0"},
+		{"wrong function code", wrongFunction, 0, reasonFunctionCode, "reply function code 4, request 3"},
+		{"truncated", truncated, 0, reasonTimeout, "no reply within 100ms"},
+		{"truncated and closed", truncatedClose, 0, reasonConnection, "unexpected EOF"},
+		{"byte count off", byteCountOff, 0, reasonByteCount, fmt.Sprintf("reply byte count %d, but %d data bytes came", need+1, need)},
+		{"one register short", short, 0, reasonLength, fmt.Sprintf("reply carries %d data bytes, the request needs %d", need-2, need)},
+		{"one register long", long, 0, reasonLength, fmt.Sprintf("reply carries %d data bytes, the request needs %d", need+2, need)},
+		{"MBAP length 0", zeroLength, 0, reasonMalformed, "length in response header '0' must not be zero"},
+		{"exception without code", bareException, 0, reasonMalformed, "exception reply carries 0 bytes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			peer := newBadPeer(t)
+			now := time.Now()
+			wantGood := peer.unit(1, p, sampleValues(t, p, 1, now), peerUnit{})
+			wantBad := peer.unit(7, p, sampleValues(t, p, 7, now),
+				peerUnit{how: tc.how, only: devices.Holding, code: tc.code, delay: 3 * timeout})
+			assets := []*devices.Asset{
+				tcpAsset(t, cat, "good", p.Model, peer.addr, 1, 100*time.Millisecond, timeout),
+				tcpAsset(t, cat, "bad", p.Model, peer.addr, 7, 100*time.Millisecond, timeout),
+			}
+			c := newCollector()
+			r := startPoller(t, Config{BackoffMin: 200 * time.Millisecond, BackoffMax: 400 * time.Millisecond}, assets, c)
+			ep := "tcp:" + peer.addr
+			waitFor(t, 30*time.Second, "3 rejected replies and readings of both units", func() bool {
+				return requestErrors(t, r.reg, ep)[tc.reason] >= 3 && c.count("good") >= 3 && c.count("bad") >= 3
+			})
+			// The poller goes on polling both.
+			good, bad := c.count("good"), c.count("bad")
+			waitFor(t, 30*time.Second, "more readings of both units", func() bool {
+				return c.count("good") >= good+3 && c.count("bad") >= bad+3
+			})
+			r.stop()
+			errs := requestErrors(t, r.reg, ep)
+			stGood, stBad := r.status("good"), r.status("bad")
+
+			prefix := fmt.Sprintf("asset bad unit 7: reading %s: ", reqs[hi])
+			if !strings.Contains(stBad.LastError, prefix) || !strings.Contains(stBad.LastError, tc.text) {
+				t.Errorf("last error %q, want %q and %q", stBad.LastError, prefix, tc.text)
+			}
+			n := errs[tc.reason]
+			for reason, v := range errs {
+				if reason != tc.reason && v > 0 {
+					t.Errorf("request_errors_total{reason=%s} = %v, want only %s (%v)", reason, v, tc.reason, n)
+				}
+			}
+			result := resultError
+			switch {
+			case strings.HasPrefix(tc.reason, reasonExceptionPrefix):
+				result = resultException
+			case tc.reason == reasonTimeout:
+				result = resultTimeout
+			}
+			if got := r.requests(t, ep, result); got != n {
+				t.Errorf("requests_total{result=%s} = %v, want %v as request_errors_total{reason=%s}", result, got, n, tc.reason)
+			}
+			// Resynchronising: every rejected reply but an exception
+			// closes the connection, and the next poll opens another.
+			conns := peer.connections()
+			if result == resultException && conns != 1 {
+				t.Errorf("%d connections: an exception reply must not cost the connection", conns)
+			}
+			if result != resultException && float64(conns) < n {
+				t.Errorf("%d connections after %v rejected replies: the poller must reconnect after each", conns, n)
+			}
+
+			if !stGood.Up || stGood.Failures != 0 {
+				t.Errorf("healthy unit status %+v, want up", stGood)
+			}
+			got, _ := c.last("good")
+			checkReading(t, got, p, wantGood)
+			// The bad unit's reading has what came before the holding
+			// read; what came after only if the device was still
+			// talked to (an exception reply).
+			if !stBad.Up {
+				t.Errorf("bad unit status %+v: it answers its other reads, want up", stBad)
+			}
+			got, _ = c.last("bad")
+			for ri, req := range reqs {
+				wantValid := ri < hi || ri > hi && result == resultException
+				for _, fi := range req.Fields {
+					f := &p.Fields[fi]
+					v := got.Values[f.Index]
+					switch {
+					case wantValid && !v.Equal(wantBad[fi]):
+						t.Errorf("bad unit %s (%s) = %v, served %v", f.Name, req, v, wantBad[fi])
+					case !wantValid && v.Valid():
+						t.Errorf("bad unit %s (%s) = %v, want no value", f.Name, req, v)
+					}
+				}
+			}
+			if partial := testutil.ToFloat64(r.p.m.polls.WithLabelValues(pollPartial)); partial < 6 {
+				t.Errorf("polls_total{result=partial} = %v, want one per poll of the bad unit (>= 6)", partial)
+			}
+		})
+	}
+}
