@@ -174,3 +174,155 @@ func TestBadReplies(t *testing.T) {
 		})
 	}
 }
+
+// mixedBus is the bus of issue 5: healthy units of the three shipped Modbus
+// profiles and, on the same connection, a dead unit, a unit that answers
+// every read with an exception and one that answers later than the timeout.
+type mixedBus struct {
+	healthy map[uint8]*devices.Profile
+	bad     map[uint8]misbehaviour
+}
+
+func newMixedBus(cat *devices.Catalog) mixedBus {
+	return mixedBus{
+		healthy: map[uint8]*devices.Profile{
+			1: cat.Profile("citylight-slc200"), 2: cat.Profile("citylight-ccu300"), 3: cat.Profile("gasreg-rtu500"),
+		},
+		bad: map[uint8]misbehaviour{4: dead, 5: exception, 6: slow},
+	}
+}
+
+// Mixed-bus timing: short, so that a run covers many intervals.
+const (
+	mixedInterval = 200 * time.Millisecond
+	mixedTimeout  = 100 * time.Millisecond
+)
+
+// mixedGapBound is the longest gap between two consecutive readings of a
+// healthy unit that the poller's design allows on the mixed bus. An
+// endpoint polls its units in turn, so a healthy unit's poll can wait for
+// the bad units due before it, each at most once (after a poll a unit is
+// not due again for at least an interval): a reconnect after the previous
+// failure (at most the timeout, the connect timeout) and one request (a
+// poll stops at its first timeout; the exception unit's replies come at
+// once but it is counted the same). A poll late by more than an interval
+// skips the missed slot and keeps its phase, so consecutive readings are at
+// most an interval plus that wait apart:
+//
+//	interval + bad × 2 × timeout
+//
+// One more timeout per bad unit is allowance for a loaded test machine.
+func mixedGapBound(bad int) time.Duration {
+	return mixedInterval + time.Duration(bad)*3*mixedTimeout
+}
+
+// checkMixedBus runs the checks of the mixed-bus tests once every healthy
+// unit has enough readings.
+func checkMixedBus(t *testing.T, bus mixedBus, r *running, c *collector, want map[uint8][]devices.Value, ep, idPrefix string) {
+	t.Helper()
+	const cycles = 15
+	id := func(u uint8) string { return fmt.Sprint(idPrefix, u) }
+	waitFor(t, 60*time.Second, fmt.Sprintf("%d readings of every healthy unit and the bad units offline", cycles), func() bool {
+		for u := range bus.healthy {
+			if c.count(id(u)) < cycles {
+				return false
+			}
+		}
+		for u := range bus.bad {
+			if st := r.status(id(u)); st.Up || st.Failures < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	// Run removes the per-asset series when it returns: read them first.
+	up := map[uint8]float64{}
+	for u := range bus.healthy {
+		up[u] = testutil.ToFloat64(r.p.m.deviceUp.WithLabelValues(id(u)))
+	}
+	for u := range bus.bad {
+		up[u] = testutil.ToFloat64(r.p.m.deviceUp.WithLabelValues(id(u)))
+	}
+	devicesUp := testutil.ToFloat64(r.p.m.devicesUp)
+	r.stop()
+
+	bound := mixedGapBound(len(bus.bad))
+	for u, p := range bus.healthy {
+		c.mu.Lock()
+		rs := append([]devices.Reading(nil), c.byID[id(u)]...)
+		c.mu.Unlock()
+		var worst time.Duration
+		for i := 1; i < len(rs); i++ {
+			gap := rs[i].Received.Sub(rs[i-1].Received)
+			worst = max(worst, gap)
+			if gap > bound {
+				t.Errorf("%s: readings %d and %d are %v apart, more than %v (interval %v + %d bad units × 3 × timeout %v)",
+					id(u), i-1, i, gap.Round(time.Millisecond), bound, mixedInterval, len(bus.bad), mixedTimeout)
+			}
+		}
+		t.Logf("%s: %d readings, longest gap %v (bound %v)", id(u), len(rs), worst.Round(time.Millisecond), bound)
+		checkReading(t, rs[len(rs)-1], p, want[u])
+		if st := r.status(id(u)); !st.Up || st.Failures != 0 {
+			t.Errorf("healthy %s status %+v, want up", id(u), st)
+		}
+		if up[u] != 1 {
+			t.Errorf("citygw_modbus_device_up{asset=%s} = %v, want 1", id(u), up[u])
+		}
+	}
+	texts := map[misbehaviour]string{dead: "no reply within 100ms", slow: "no reply within 100ms", exception: "(server device failure)"}
+	for u, how := range bus.bad {
+		st := r.status(id(u))
+		if c.count(id(u)) != 0 {
+			t.Errorf("bad %s produced %d readings", id(u), c.count(id(u)))
+		}
+		prefix := fmt.Sprintf("asset %s unit %d: reading ", id(u), u)
+		if st.Up || !strings.HasPrefix(st.LastError, prefix) || !strings.Contains(st.LastError, texts[how]) {
+			t.Errorf("bad %s status %+v, want offline with an error %q...%q", id(u), st, prefix, texts[how])
+		}
+		if up[u] != 0 {
+			t.Errorf("citygw_modbus_device_up{asset=%s} = %v, want 0", id(u), up[u])
+		}
+	}
+	if int(devicesUp) != len(bus.healthy) {
+		t.Errorf("citygw_modbus_devices_up = %v, want %d", devicesUp, len(bus.healthy))
+	}
+	// Only the bad units' failures: a late reply taken for the answer to
+	// the next request would show as a transaction or unit id mismatch.
+	errs := requestErrors(t, r.reg, ep)
+	for reason, n := range errs {
+		if reason != reasonTimeout && reason != "exception_device_failure" && n > 0 {
+			t.Errorf("request_errors_total{reason=%s} = %v: only the dead and slow units' timeouts and the exception unit's replies are expected", reason, n)
+		}
+	}
+	if errs[reasonTimeout] < 4 || errs["exception_device_failure"] < 2 {
+		t.Errorf("request_errors_total %v, want >= 4 timeouts (dead and slow, twice each) and >= 2 exceptions", errs)
+	}
+}
+
+// TestMixedBusTCP: issue 5's bus over Modbus TCP (one port, several unit ids,
+// as behind a serial-to-Ethernet converter): the healthy units' readings keep
+// their interval within mixedGapBound while the dead, the exception-replying
+// and the slow unit are reported offline.
+func TestMixedBusTCP(t *testing.T) {
+	cat := builtin(t)
+	bus := newMixedBus(cat)
+	peer := newBadPeer(t)
+	now := time.Now()
+	want := map[uint8][]devices.Value{}
+	var assets []*devices.Asset
+	for u, p := range bus.healthy {
+		want[u] = peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{})
+		assets = append(assets, tcpAsset(t, cat, fmt.Sprint("tcp", u), p.Model, peer.addr, u, mixedInterval, mixedTimeout))
+	}
+	p := cat.Profile("citylight-slc200")
+	for u, how := range bus.bad {
+		peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{how: how, code: 4, delay: 3 * mixedTimeout})
+		assets = append(assets, tcpAsset(t, cat, fmt.Sprint("tcp", u), p.Model, peer.addr, u, mixedInterval, mixedTimeout))
+	}
+	c := newCollector()
+	// Backoff as short as the interval: the bad units are retried as
+	// often as the design allows, the worst case for their neighbours.
+	cfg := Config{BackoffMin: mixedInterval, BackoffMax: 2 * mixedInterval}
+	r := startPoller(t, cfg, assets, c)
+	checkMixedBus(t, bus, r, c, want, "tcp:"+peer.addr, "tcp")
+}
