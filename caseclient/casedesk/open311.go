@@ -265,7 +265,8 @@ func (d *Desk) mergeOpen(w http.ResponseWriter, r *http.Request, open *Request, 
 			d.apiError(w, r, http.StatusInternalServerError, "storing the request failed")
 			return
 		}
-		*open = c
+		stored := c
+		d.requests[c.ID] = &stored // a new value: the handler that created the request may still read the old one
 	}
 	d.mu.Unlock()
 	d.log.Info("open for an anomaly that has an open request answered with it", "service_request_id", c.ID,
@@ -277,8 +278,14 @@ func (d *Desk) mergeOpen(w http.ResponseWriter, r *http.Request, open *Request, 
 	case !d.visible(&c, d.cfg.Now()):
 		d.respond(w, r, http.StatusOK, []map[string]any{{"token": c.Token, "duplicate": true, "case_key": c.CaseKey()}})
 	default:
-		d.respond(w, r, http.StatusOK, []map[string]any{{"service_request_id": c.ID, "service_notice": notice,
-			"account_id": nil, "duplicate": true, "case_key": c.CaseKey()}})
+		type merged struct {
+			ID        string  `json:"service_request_id"`
+			Notice    string  `json:"service_notice"`
+			AccountID *string `json:"account_id"`
+			Duplicate bool    `json:"duplicate"`
+			CaseKey   string  `json:"case_key"`
+		}
+		d.respond(w, r, http.StatusOK, []merged{{ID: c.ID, Notice: notice, Duplicate: true, CaseKey: c.CaseKey()}})
 	}
 }
 
