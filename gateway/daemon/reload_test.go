@@ -78,11 +78,12 @@ admin: {listen: %q, token: {file: admin.token}}
 log: {level: %s}
 influxdb: {url: "http://%s", bucket: citygw/autogen, flush_interval: 100ms, shutdown_grace: 100ms}
 modbus: {interval: %s, timeout: 100ms}
+mqtt: {broker: "tcp://%s", client_id: gw-test, subscriptions: [{topic: "city/bins/{asset}/telemetry", qos: 1}]}
 %scases:
   codes: codes.yaml
   sinks: [{name: hook, type: webhook, url: "http://%s/hook"}]
   secrets: {hook: {secret: {value: whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=}}}
-`, d.adminListen, d.logLevel, d.influx, d.modbusInterval, d.rulesSection, d.influx)+d.configTail)
+`, d.adminListen, d.logLevel, d.influx, d.modbusInterval, d.influx, d.rulesSection, d.influx)+d.configTail)
 	var inv strings.Builder
 	inv.WriteString("assets:\n")
 	for i := 1; i <= d.lamps; i++ {
@@ -285,7 +286,7 @@ func TestReloadDecisions(t *testing.T) {
 		{"rule file added", func() {
 			d.write(filepath.Join(d.dir, "rules", "more.yaml"), "rules:\n  - {id: streetlight.bright, kind: streetlight, when: current_a > 5, severity: minor, case: {service: streetlight_fault, title: t}}\n")
 		}, 200, "rules", "rules: reloaded in place", 0, 1, 2, 2},
-		{"unknown key refused", func() { d.configTail = "admn: {}\n"; d.writeAll() }, 422, "none", `gateway.yaml:12:1: unknown field "admn"`, 0, 0, 2, 2},
+		{"unknown key refused", func() { d.configTail = "admn: {}\n"; d.writeAll() }, 422, "none", `gateway.yaml:13:1: unknown field "admn"`, 0, 0, 2, 2},
 		{"fixed again, with an asset more", func() { d.configTail = ""; d.lamps = 3; d.writeAll() }, 200, "components", "components restarted for: inventory", 1, 1, 3, 2},
 		{"duplicate asset refused", func() { d.duplicateLampLine = true; d.writeAll() }, 422, "none", "inventory.yaml:5:", 1, 0, 3, 2},
 		{"broken rule refused", func() {

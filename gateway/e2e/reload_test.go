@@ -182,8 +182,15 @@ func TestReload(t *testing.T) {
 		}
 		writeFile(t, c.invFile, string(full))
 		code, body := g.do(t, "POST", "/-/reload")
-		if code != http.StatusOK || !strings.Contains(body, `"applied":"components"`) || !strings.Contains(body, "components restarted for: inventory") {
-			t.Fatalf("POST /-/reload with the full inventory: HTTP %d\n%s", code, body)
+		var answer struct {
+			OK      bool     `json:"ok"`
+			Applied string   `json:"applied"`
+			Changes []string `json:"changes"`
+		}
+		json.Unmarshal([]byte(body), &answer)
+		if code != http.StatusOK || !answer.OK || answer.Applied != "components" ||
+			strings.Join(answer.Changes, "\n") != "components restarted for: inventory" {
+			t.Fatalf("POST /-/reload with the full inventory: HTTP %d\n%s\nwant 200, applied components, for the inventory only", code, body)
 		}
 		if v := g.metric(t, "citygw_config_last_reload_successful"); v != 1 {
 			t.Errorf("citygw_config_last_reload_successful = %v after a good reload", v)
