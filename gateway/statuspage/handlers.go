@@ -417,8 +417,7 @@ func (p *Page) serveAsset(w http.ResponseWriter, r *http.Request) {
 			}
 			d.Fields = fieldRows(a, rd.Values)
 		}
-		fields, series := p.opts.Rules.AssetHistory(a.ID)
-		addSparks(d, a, fields, series)
+		addSparks(d, a, histories(p.opts.Rules, a))
 		for _, ar := range p.opts.Rules.AssetRules(a.ID) {
 			rr := ruleRow{AssetRule: ar}
 			if ar.EpisodeID != "" {
@@ -462,11 +461,57 @@ func fieldRows(a *devices.Asset, vals []devices.Value) []fieldRow {
 	return rows
 }
 
+// history is one field's samples for a sparkline and where they come from.
+type history struct {
+	field   string
+	samples []rules.Sample
+	source  string
+}
+
+// histories picks a history per numeric field, in schema order: the rule
+// engine's window history (every reading within the longest window a rule
+// reads the field through) when it holds at least as many samples as the
+// display history (the field's last readings, kept for every field), else
+// the display history.
+func histories(rv RuleView, a *devices.Asset) []history {
+	wf, ws := rv.AssetHistory(a.ID)
+	df, ds := rv.DisplayHistory(a.ID)
+	return pickHistories(a.Schema, wf, ws, df, ds)
+}
+
+func pickHistories(schema *devices.Schema, wf []string, ws [][]rules.Sample, df []string, ds [][]rules.Sample) []history {
+	byName := map[string]history{}
+	for i, f := range df {
+		byName[f] = history{f, ds[i], "recent readings"}
+	}
+	for i, f := range wf {
+		if h, ok := byName[f]; !ok || len(ws[i]) >= len(h.samples) {
+			byName[f] = history{f, ws[i], "rule window"}
+		}
+	}
+	var out []history
+	if schema != nil {
+		for _, f := range schema.Fields {
+			if h, ok := byName[f.Name]; ok {
+				out = append(out, h)
+				delete(byName, f.Name)
+			}
+		}
+	}
+	for _, f := range append(df, wf...) { // fields outside the schema, if any
+		if h, ok := byName[f]; ok {
+			out = append(out, h)
+			delete(byName, f)
+		}
+	}
+	return out
+}
+
 // addSparks attaches a sparkline to each field with history, adding a row
 // for a field the last reading lacked.
-func addSparks(d *assetData, a *devices.Asset, fields []string, series [][]rules.Sample) {
-	for i, name := range fields {
-		ss := series[i]
+func addSparks(d *assetData, a *devices.Asset, hs []history) {
+	for _, h := range hs {
+		name, ss := h.field, h.samples
 		ts, vs := make([]int64, len(ss)), make([]float64, len(ss))
 		for j, s := range ss {
 			ts[j], vs[j] = s.Time.UnixNano(), s.Value.Float64()
@@ -475,7 +520,7 @@ func addSparks(d *assetData, a *devices.Asset, fields []string, series [][]rules
 		if spark == "" {
 			continue
 		}
-		note := fmt.Sprintf("%d samples over %s", len(ss), durText(time.Duration(ts[len(ts)-1]-ts[0])))
+		note := fmt.Sprintf("%d samples over %s · %s", len(ss), durText(time.Duration(ts[len(ts)-1]-ts[0])), h.source)
 		found := false
 		for k := range d.Fields {
 			if d.Fields[k].Name == name {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -485,5 +486,71 @@ func TestNoSources(t *testing.T) {
 		if path == "/" && (len(circles(string(b))) != inv.Len() || !strings.Contains(string(b), "not configured")) {
 			t.Errorf("bare page: %d circles", len(circles(string(b))))
 		}
+	}
+}
+
+// TestAssetPageSparklineEveryField: every numeric field the asset reported
+// gets a sparkline from the engine's display history, whether or not a rule
+// reads it; a field a rule reads through a window keeps the window history
+// when it holds at least as many samples.
+func TestAssetPageSparklineEveryField(t *testing.T) {
+	f := newFixture(t, nil)
+	for i := 0; i < 20; i++ {
+		feed(t, f.eng, f.inv, "SL-001-01", base.Add(time.Duration(i-20)*30*time.Second), map[string]any{
+			"relay_on": i%3 == 0, "dim_level": 50 + i, "voltage_v": 220.0 + float64(i), "power_w": 90.0 - float64(i)})
+	}
+	_, _, body := f.get(t, "/assets/SL-001-01")
+	rows := map[string]string{}
+	for _, m := range regexp.MustCompile(`<tr><td>([a-z_]+)</td>(.*?)</tr>`).FindAllStringSubmatch(body, -1) {
+		rows[m[1]] = m[2]
+	}
+	for _, field := range []string{"relay_on", "dim_level", "voltage_v", "power_w"} {
+		if r := rows[field]; !strings.Contains(r, "<polyline points=") || !strings.Contains(r, "16 samples over 7m30s · recent readings") {
+			t.Errorf("field %s: row %q lacks a 16-sample sparkline of recent readings", field, r)
+		}
+	}
+	if len(rows) != 4 {
+		t.Errorf("rows %v: want the four fields reported", rows)
+	}
+	_, _, gas := f.get(t, "/assets/GAS-001")
+	if !strings.Contains(gas, "8 samples over 4m · rule window") {
+		t.Error("GAS-001's outlet pressure does not show its window history")
+	}
+}
+
+func TestPickHistories(t *testing.T) {
+	s := &devices.Schema{Fields: []devices.SchemaField{{Name: "a", Type: devices.Float}, {Name: "b", Type: devices.Float}, {Name: "c", Type: devices.Int}}}
+	n := func(k int) []rules.Sample {
+		ss := make([]rules.Sample, k)
+		for i := range ss {
+			ss[i] = rules.Sample{Time: base.Add(time.Duration(i) * time.Second), Value: devices.FloatValue(float64(i))}
+		}
+		return ss
+	}
+	tests := []struct {
+		name   string
+		wf     []string
+		ws     [][]rules.Sample
+		df     []string
+		ds     [][]rules.Sample
+		expect string // field:samples:source, schema order
+	}{
+		{"display only", nil, nil, []string{"c", "a"}, [][]rules.Sample{n(16), n(3)}, "a:3:recent readings c:16:recent readings"},
+		{"window longer", []string{"a"}, [][]rules.Sample{n(40)}, []string{"a", "b"}, [][]rules.Sample{n(16), n(16)}, "a:40:rule window b:16:recent readings"},
+		{"window shorter", []string{"a"}, [][]rules.Sample{n(2)}, []string{"a"}, [][]rules.Sample{n(16)}, "a:16:recent readings"},
+		{"equal: window", []string{"b"}, [][]rules.Sample{n(16)}, []string{"b"}, [][]rules.Sample{n(16)}, "b:16:rule window"},
+		{"window only (display off)", []string{"c"}, [][]rules.Sample{n(5)}, nil, nil, "c:5:rule window"},
+		{"none", nil, nil, nil, nil, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, h := range pickHistories(s, tc.wf, tc.ws, tc.df, tc.ds) {
+				got = append(got, fmt.Sprintf("%s:%d:%s", h.field, len(h.samples), h.source))
+			}
+			if g := strings.Join(got, " "); g != tc.expect {
+				t.Fatalf("got %q, want %q", g, tc.expect)
+			}
+		})
 	}
 }

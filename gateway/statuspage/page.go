@@ -29,6 +29,7 @@ type RuleView interface {
 	Episodes() []rules.Episode
 	AssetRules(id string) []rules.AssetRule
 	AssetHistory(id string) (fields []string, series [][]rules.Sample)
+	DisplayHistory(id string) (fields []string, series [][]rules.Sample)
 	LastReading(id string) (devices.Reading, bool)
 }
 

@@ -143,10 +143,10 @@ const assetTmpl = `{{define "asset"}}<div class="chips"><span class="chip {{.Sta
 {{if .Fields}}<table><tr><th>field</th><th>value</th><th>recent</th></tr>
 {{range .Fields}}<tr><td>{{.Name}}</td><td class="num">{{.Value}}{{if .Unit}} <span class="dim">{{.Unit}}</span>{{end}}</td><td>{{if .Spark}}{{.Spark}}<span class="dim">{{.SparkNote}}</span>{{end}}</td></tr>
 {{end}}</table>{{else}}<p class="dim">The rule engine has not seen a reading of this asset since it started.</p>{{end}}
-<p class="dim">Sparklines show the rule engine's window history, kept for fields that a rule reads through a window function.</p></div>
+<p class="dim">Sparklines show each numeric field's recent values from the rule engine: its window history (every reading within the longest window a rule reads the field through) where that holds at least as many samples, else the field's last readings (rules.Options.DisplaySamples, 16 by default).</p></div>
 <div class="card" id="rules"><h2>Rules watching it</h2>
 {{if .Rules}}<table><tr><th>rule</th><th>state</th><th>since</th><th>case</th></tr>
-{{range .Rules}}<tr class="rule" data-rule="{{.Rule}}" data-state="{{.State}}"><td><b>{{.Rule}}</b> <span class="dim">{{.Severity}}{{if .Shadow}} · shadow{{end}}{{if not .Healthy}} · <span class="bad">errors</span>{{end}}</span><br><code>{{.Condition}}</code>
+{{range .Rules}}<tr class="rule" data-rule="{{.Rule}}" data-state="{{.State}}"><td><b>{{.Rule}}</b> <span class="dim">{{.Severity}}{{if .Shadow}} · shadow{{end}}{{if eq .Health "quarantined"}} · <span class="bad" title="over its evaluation time budget repeatedly; not evaluated until the rules are reloaded">quarantined</span>{{else if not .Healthy}} · <span class="bad">errors</span>{{end}}</span><br><code>{{.Condition}}</code>
 {{if .Grouped}}<br><span class="dim">group {{.Group}}: {{.Members}} meeting, {{.Need}} needed{{if .Meets}}, this asset among them{{end}}</span>{{else if .Meets}}<br><span class="dim">condition holds</span>{{end}}{{if .Muted}}<br><span class="dim">muted: {{.Muted}}</span>{{end}}</td>
 <td><span class="badge b-{{.State}}">{{.State}}</span></td><td>{{if not .Since.IsZero}}{{ago $.Now .Since}}{{end}}</td>
 <td>{{range .Cases}}{{if .Link}}<a href="{{.Link}}" target="_blank" rel="noopener">{{.ID}}</a>{{else if .ID}}{{.ID}}{{else}}<span class="dim">{{.Sink}}: waiting</span>{{end}} <span class="dim">{{.Status}}</span><br>{{end}}</td></tr>
