@@ -28,6 +28,7 @@ type deployDir struct {
 	adminListen       string
 	configTail        string // appended to gateway.yaml
 	rulesSection      string
+	dataDir           string
 	modbusInterval    string
 	ruleThreshold     string
 	logLevel          string
@@ -56,7 +57,7 @@ func newDeployDir(t *testing.T) *deployDir {
 		rule: filepath.Join(dir, "rules", "lamps.yaml"), codes: filepath.Join(dir, "codes.yaml"),
 		tokenFile: filepath.Join(dir, "admin.token"), adminListen: "127.0.0.1:0",
 		modbusInterval: "1s", ruleThreshold: "0.03", logLevel: "info", lamps: 2,
-		rulesSection: "rules: {files: [rules/*.yaml]}\n"}
+		rulesSection: "rules: {files: [rules/*.yaml]}\n", dataDir: "state"}
 	os.MkdirAll(filepath.Join(dir, "rules"), 0o755)
 	d.write(d.codes, string(codes))
 	d.write(d.tokenFile, "tok-1\n")
@@ -72,7 +73,7 @@ func (d *deployDir) write(file, data string) {
 }
 
 func (d *deployDir) writeAll() {
-	d.write(d.cfg, fmt.Sprintf(`gateway: {id: gw-test, data_dir: state}
+	d.write(d.cfg, fmt.Sprintf(`gateway: {id: gw-test, data_dir: %s}
 inventory: inventory.yaml
 admin: {listen: %q, token: {file: admin.token}}
 log: {level: %s}
@@ -83,7 +84,7 @@ mqtt: {broker: "tcp://%s", client_id: gw-test, subscriptions: [{topic: "city/bin
   codes: codes.yaml
   sinks: [{name: hook, type: webhook, url: "http://%s/hook"}]
   secrets: {hook: {secret: {value: whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=}}}
-`, d.adminListen, d.logLevel, d.influx, d.modbusInterval, d.influx, d.rulesSection, d.influx)+d.configTail)
+`, d.dataDir, d.adminListen, d.logLevel, d.influx, d.modbusInterval, d.influx, d.rulesSection, d.influx)+d.configTail)
 	var inv strings.Builder
 	inv.WriteString("assets:\n")
 	for i := 1; i <= d.lamps; i++ {
@@ -296,7 +297,9 @@ func TestReloadDecisions(t *testing.T) {
 		}, 422, "none", "lamps.yaml:4:", 1, 0, 3, 2},
 		{"modbus interval", func() { d.ruleThreshold = "0.05"; d.modbusInterval = "3s"; d.writeAll() }, 200, "components", "components restarted for: modbus", 2, 1, 3, 2},
 		{"bad duration refused", func() { d.modbusInterval = "soon"; d.writeAll() }, 422, "none", `invalid duration "soon"`, 2, 0, 3, 2},
-		{"log level", func() { d.modbusInterval = "3s"; d.logLevel = "debug"; d.writeAll() }, 200, "none", "log: changed; applies at the next process start", 2, 1, 3, 2},
+		// Valid, but the new components cannot start: the previous ones start again.
+		{"unusable data dir", func() { d.modbusInterval = "3s"; d.dataDir = "admin.token/state"; d.writeAll() }, 500, "none", "the previous deployment was restored", 3, 0, 3, 2},
+		{"log level", func() { d.dataDir = "state"; d.logLevel = "debug"; d.writeAll() }, 200, "none", "log: changed; applies at the next process start", 3, 1, 3, 2},
 	}
 	for _, st := range steps {
 		st.change()
@@ -315,7 +318,7 @@ func TestReloadDecisions(t *testing.T) {
 		if s.Assets != st.assets || s.Restarting {
 			t.Errorf("%s: status says %d assets (restarting %v), want %d", st.name, s.Assets, s.Restarting, st.assets)
 		}
-		if st.applied == "components" {
+		if st.applied == "components" || st.code == 500 {
 			if !s.Applied.After(applied) {
 				t.Errorf("%s: components applied at %v, not after %v", st.name, s.Applied, applied)
 			}
@@ -327,8 +330,8 @@ func TestReloadDecisions(t *testing.T) {
 			t.Errorf("%s: %v rules loaded, want %v", st.name, v, st.rulesLoaded)
 		}
 	}
-	if v := r.metric("citygw_reload_failures_total"); v != 4 {
-		t.Errorf("citygw_reload_failures_total = %v, want 4", v)
+	if v := r.metric("citygw_reload_failures_total"); v != 5 {
+		t.Errorf("citygw_reload_failures_total = %v, want 5", v)
 	}
 	if v := r.metric("citygw_reload_success_total"); v != 6 {
 		t.Errorf("citygw_reload_success_total = %v, want 6", v)
@@ -339,7 +342,7 @@ func TestReloadDecisions(t *testing.T) {
 		d.writeAll()
 		r.reload <- struct{}{}
 		deadline := time.Now().Add(30 * time.Second)
-		for r.metric("citygw_reload_failures_total") != 5 {
+		for r.metric("citygw_reload_failures_total") != 6 {
 			if time.Now().After(deadline) {
 				t.Fatal("the SIGHUP reload was not counted as failed")
 			}
