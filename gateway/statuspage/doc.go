@@ -2,8 +2,9 @@
 // listener: the city at a glance (an SVG map of the assets coloured by
 // state, filterable by kind, district and grid, the firing episodes with
 // their cases, and the health of every source and sink), one page per
-// asset (its inventory record, last reading, sparklines of the rule
-// engine's window history, and the rules watching it), a JSON summary and
+// asset (its inventory record, last reading, a sparkline per numeric field
+// from the rule engine's window or display history, and the rules watching
+// it), a JSON summary and
 // a server-sent event stream that lets the page refresh itself.
 //
 // Everything is rendered on the server with no external assets (the
