@@ -1,9 +1,15 @@
 // Package daemon assembles a running gateway from its configuration: it
-// loads and checks the deployment (config, profiles, inventory, rules), then
-// wires the sources (Modbus poller, MQTT subscriber) through the pipeline to
-// the InfluxDB writer and the rule engine, serves the admin endpoints, and
-// shuts everything down in order: sources first, then the rules, then the
-// writer's last flush.
+// loads and checks the deployment (config, profiles, inventory, rules, code
+// table), then wires the sources (Modbus poller, MQTT subscriber) through the
+// pipeline to the InfluxDB writer and the rule engine, serves the admin
+// endpoints, and shuts everything down in order: sources first, then the
+// rules, then the writer's last flush.
+//
+// A reload (SIGHUP, POST /-/reload) loads and checks the whole deployment
+// again and changes nothing when any of it is invalid. A valid one is
+// applied by what changed (Diff): rules in place, or an in-process restart
+// of the components (the same shutdown order, then a fresh build) while the
+// admin server, its token and the reload metrics stay up.
 package daemon
 
 import (
