@@ -13,8 +13,46 @@ import (
 // pathNode is a trie over JSON paths: object keys and array indexes.
 type pathNode struct {
 	children map[string]*pathNode
-	field    int  // index in Profile.Fields, or -1
-	ts       bool // the timestamp lives here
+	// keys and nodes list the children again for child: a payload's keys
+	// are found by comparing bytes along a short list, which is several
+	// times cheaper than hashing them for the handful of keys a node has.
+	keys  []string
+	nodes []*pathNode
+	field int  // index in Profile.Fields, or -1
+	ts    bool // the timestamp lives here
+}
+
+// maxLinearChildren is the most children searched by comparison; a node
+// with more uses its map.
+const maxLinearChildren = 12
+
+// child returns the child for key, nil if none.
+func (n *pathNode) child(key []byte) *pathNode {
+	if n == nil || n.children == nil {
+		return nil
+	}
+	if n.keys == nil {
+		return n.children[string(key)] // no allocation for a map lookup
+	}
+	for i, k := range n.keys {
+		if k == string(key) { // no allocation for a comparison
+			return n.nodes[i]
+		}
+	}
+	return nil
+}
+
+// index fills the children lists of n and its descendants.
+func (n *pathNode) index() {
+	if len(n.children) > 0 && len(n.children) <= maxLinearChildren {
+		for k, c := range n.children {
+			n.keys = append(n.keys, k)
+			n.nodes = append(n.nodes, c)
+		}
+	}
+	for _, c := range n.children {
+		c.index()
+	}
 }
 
 func (p *Profile) buildTrie() *pathNode {
@@ -40,6 +78,7 @@ func (p *Profile) buildTrie() *pathNode {
 	if len(p.tsParts) > 0 {
 		insert(p.tsParts).ts = true
 	}
+	root.index()
 	return root
 }
 
@@ -122,14 +161,14 @@ func (d *jsonDecoder) value(n *pathNode, depth int) error {
 				return err
 			}
 			var child *pathNode
-			if n != nil && n.children != nil {
-				if !escaped {
-					child = n.children[string(key)] // no allocation for a map lookup
-				} else if k, err := d.text(key, true); err != nil {
+			if !escaped {
+				child = n.child(key)
+			} else if n != nil && n.children != nil {
+				k, err := d.text(key, true)
+				if err != nil {
 					return err
-				} else {
-					child = n.children[k]
 				}
+				child = n.children[k]
 			}
 			d.skipSpace()
 			if d.i >= len(d.b) || d.b[d.i] != ':' {
@@ -218,12 +257,24 @@ func (d *jsonDecoder) value(n *pathNode, depth int) error {
 			break
 		}
 		num := d.b[start:d.i]
-		// The bytes live as long as the payload and ParseFloat keeps no reference
-		// on success; on failure the error is built from a copy.
-		x, err := strconv.ParseFloat(unsafe.String(&num[0], len(num)), 64)
-		if err != nil && !errors.Is(err, strconv.ErrRange) {
-			d.i = start
-			return d.syntax(fmt.Sprintf("invalid number %q", string(num)))
+		if n == nil {
+			// Nobody reads it: only check that it is a JSON number.
+			if !validNumber(num) {
+				d.i = start
+				return d.syntax(fmt.Sprintf("invalid number %q", string(num)))
+			}
+			return nil
+		}
+		x, ok := parseSimpleNumber(num)
+		if !ok {
+			// The bytes live as long as the payload and ParseFloat keeps no
+			// reference on success; on failure the error is built from a copy.
+			var err error
+			x, err = strconv.ParseFloat(unsafe.String(&num[0], len(num)), 64)
+			if err != nil && !errors.Is(err, strconv.ErrRange) || !validNumber(num) {
+				d.i = start
+				return d.syntax(fmt.Sprintf("invalid number %q", string(num)))
+			}
 		}
 		d.scalar(n, jsonNumber, "", x)
 	default:
@@ -324,6 +375,15 @@ func (d *jsonDecoder) timestamp(kind jsonKind, s string, x float64) (time.Time, 
 	return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
 }
 
+// strStop marks the bytes that end the fast scan of a string: the closing
+// quote, a backslash, control characters and non-ASCII bytes.
+var strStop = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c == '"' || c == '\\' || c < 0x20 || c >= 0x80
+	}
+	return t
+}()
+
 // str parses a JSON string at d.i and returns its raw bytes (between the
 // quotes, pointing into the payload) and whether it contains escapes.
 func (d *jsonDecoder) str() ([]byte, bool, error) {
@@ -332,14 +392,18 @@ func (d *jsonDecoder) str() ([]byte, bool, error) {
 	}
 	d.i++
 	start := d.i
-	escaped := false
+	escaped, ascii := false, true
 	for d.i < len(d.b) {
 		c := d.b[d.i]
+		if !strStop[c] {
+			d.i++
+			continue
+		}
 		switch {
 		case c == '"':
 			raw := d.b[start:d.i]
 			d.i++
-			if !utf8.Valid(raw) {
+			if !ascii && !utf8.Valid(raw) {
 				return nil, false, d.syntax("invalid UTF-8 in string")
 			}
 			return raw, escaped, nil
@@ -349,6 +413,7 @@ func (d *jsonDecoder) str() ([]byte, bool, error) {
 		case c < 0x20:
 			return nil, false, d.syntax("control character in string")
 		default:
+			ascii = false
 			d.i++
 		}
 	}
@@ -365,4 +430,87 @@ func (d *jsonDecoder) text(raw []byte, escaped bool) (string, error) {
 		return "", d.syntax("invalid escape in string")
 	}
 	return s, nil
+}
+
+// pow10 holds the powers of ten that are exact in a float64.
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// parseSimpleNumber parses the numbers devices send most, -?digits[.digits]
+// with at most 15 significant digits and no exponent, exactly: the digits
+// form an integer below 2^53 and the fraction's power of ten is exact, so
+// one IEEE division rounds correctly (Clinger's fast path, which
+// strconv.ParseFloat takes too, after more checks). false: let
+// strconv.ParseFloat do it (or reject it).
+func parseSimpleNumber(b []byte) (float64, bool) {
+	i, neg := 0, false
+	if len(b) > 0 && b[0] == '-' {
+		neg, i = true, 1
+	}
+	if i == len(b) || b[i] == '0' && i+1 < len(b) && b[i+1] != '.' {
+		return 0, false // empty, or a leading zero (invalid JSON unless "0" or "0.x")
+	}
+	var mant uint64
+	digits, frac, dot := 0, 0, false
+	for ; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case c >= '0' && c <= '9':
+			mant = mant*10 + uint64(c-'0')
+			digits++
+			if dot {
+				frac++
+			}
+		case c == '.' && !dot && digits > 0:
+			dot = true
+		default:
+			return 0, false // exponent or stray character
+		}
+	}
+	if digits == 0 || digits > 15 || dot && frac == 0 {
+		return 0, false
+	}
+	x := float64(mant) / pow10[frac]
+	if neg {
+		x = -x
+	}
+	return x, true
+}
+
+// validNumber reports whether b is a number in JSON's grammar:
+// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func validNumber(b []byte) bool {
+	i := 0
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	if i < len(b) && b[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(b)
 }

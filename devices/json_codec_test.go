@@ -2,6 +2,8 @@ package devices
 
 import (
 	"encoding/json"
+	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -163,6 +165,57 @@ func FuzzDecodeJSON(f *testing.F) {
 			if v.Valid() && v.Type != a.Schema.Fields[i].Type {
 				t.Fatalf("field %s decoded as %v, schema says %v", a.Schema.Fields[i].Name, v.Type, a.Schema.Fields[i].Type)
 			}
+		}
+	})
+}
+
+// The number fast path gives exactly what strconv.ParseFloat gives, and the
+// grammar check accepts exactly JSON's numbers.
+func TestParseSimpleNumber(t *testing.T) {
+	cases := []struct {
+		in         string
+		fast, json bool
+	}{
+		{"0", true, true}, {"-0", true, true}, {"7", true, true}, {"73.5", true, true}, {"-87", true, true},
+		{"3.61", true, true}, {"0.1", true, true}, {"0.000001", true, true}, {"123456789012345", true, true},
+		{"1234567890123456", false, true}, {"0.30000000000000004", false, true}, {"1e3", false, true},
+		{"2.5E-3", false, true}, {"-1.5e+10", false, true}, {"01", false, false}, {"-", false, false},
+		{"1.", false, false}, {".5", false, false}, {"+5", false, false}, {"1e", false, false},
+		{"--1", false, false}, {"1.2.3", false, false}, {"-01.5", false, false}, {"1e+", false, false},
+	}
+	for _, c := range cases {
+		x, ok := parseSimpleNumber([]byte(c.in))
+		if ok != c.fast {
+			t.Errorf("parseSimpleNumber(%q) ok = %v, want %v", c.in, ok, c.fast)
+		}
+		if ok {
+			want, err := strconv.ParseFloat(c.in, 64)
+			if err != nil || math.Float64bits(x) != math.Float64bits(want) {
+				t.Errorf("parseSimpleNumber(%q) = %v, ParseFloat %v (%v)", c.in, x, want, err)
+			}
+		}
+		if got := validNumber([]byte(c.in)); got != c.json {
+			t.Errorf("validNumber(%q) = %v, want %v", c.in, got, c.json)
+		}
+	}
+}
+
+// FuzzParseSimpleNumber checks the fast path against strconv.ParseFloat.
+func FuzzParseSimpleNumber(f *testing.F) {
+	for _, s := range []string{"0", "73.5", "-87", "3.61", "123456789012345", "0.000000000000001", "1e5", "01"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		x, ok := parseSimpleNumber([]byte(s))
+		if !ok {
+			return
+		}
+		if !validNumber([]byte(s)) {
+			t.Fatalf("fast path took %q, which is not a JSON number", s)
+		}
+		want, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.Float64bits(x) != math.Float64bits(want) {
+			t.Fatalf("parseSimpleNumber(%q) = %v, ParseFloat %v (%v)", s, x, want, err)
 		}
 	})
 }
