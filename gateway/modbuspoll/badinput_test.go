@@ -2,11 +2,15 @@ package modbuspoll
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/devices/yamlconf"
+	"github.com/citygw/citygw/gateway/testenv"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -325,4 +329,49 @@ func TestMixedBusTCP(t *testing.T) {
 	cfg := Config{BackoffMin: mixedInterval, BackoffMax: 2 * mixedInterval}
 	r := startPoller(t, cfg, assets, c)
 	checkMixedBus(t, bus, r, c, want, "tcp:"+peer.addr, "tcp")
+}
+
+// TestMixedBusRTU: issue 5's bus on a Modbus RTU line, a pseudo-terminal
+// pair made by socat with rtuPeer on the far end. The slow unit's replies
+// land on the line after its timeout, while the poller talks to the next
+// unit; with goburrow's own RTU transport they were taken for that unit's
+// reply and failed healthy polls (crc and unit_id errors, gaps of 1.6s).
+func TestMixedBusRTU(t *testing.T) {
+	socat := testenv.RequireTool(t, "socat", "apt-get install -y socat")
+	cat := builtin(t)
+	bus := newMixedBus(cat)
+	dir := t.TempDir()
+	gw, dev := filepath.Join(dir, "gw"), filepath.Join(dir, "dev")
+	testenv.StartProcess(t, socat, "-d", "-d", "pty,raw,echo=0,link="+gw, "pty,raw,echo=0,link="+dev)
+	waitFor(t, 10*time.Second, "the pty pair", func() bool {
+		_, e1 := os.Stat(gw)
+		_, e2 := os.Stat(dev)
+		return e1 == nil && e2 == nil
+	})
+	peer := newRTUPeer(t, dev)
+	now := time.Now()
+	want := map[uint8][]devices.Value{}
+	var assets []*devices.Asset
+	add := func(u uint8, p *devices.Profile) {
+		assets = append(assets, &devices.Asset{
+			ID: fmt.Sprint("rtu", u), Model: p.Model, Kind: p.Kind, Profile: p, Schema: cat.Kinds[p.Kind],
+			Modbus: &devices.ModbusAddr{Serial: gw, Unit: u, Interval: yamlconf.Duration(mixedInterval), Timeout: yamlconf.Duration(mixedTimeout)},
+		})
+	}
+	for u, p := range bus.healthy {
+		want[u] = peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{})
+		add(u, p)
+	}
+	p := cat.Profile("citylight-slc200")
+	for u, how := range bus.bad {
+		peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{how: how, code: 4, delay: 3 * mixedTimeout})
+		add(u, p)
+	}
+	c := newCollector()
+	// A pty has no baud-rate timing; 115200 baud keeps the healthy units'
+	// own frames (a few hundred bytes a cycle, a few ms) within the
+	// bound's allowance on real lines too.
+	cfg := Config{BackoffMin: mixedInterval, BackoffMax: 2 * mixedInterval, RTU: SerialDefaults{Baud: 115200}}
+	r := startPoller(t, cfg, assets, c)
+	checkMixedBus(t, bus, r, c, want, "rtu:"+gw, "rtu")
 }

@@ -23,26 +23,14 @@ type link interface {
 	Connect() error
 	Close() error
 	setUnit(u uint8)
-	// setTimeout sets the reply timeout; it reports whether the link must be
-	// reopened for it to apply (a serial port takes it when opened).
-	setTimeout(d time.Duration) (reopen bool)
+	// setTimeout sets the reply (and connect) timeout of the next requests.
+	setTimeout(d time.Duration)
 }
 
 type tcpLink struct{ *modbus.TCPClientHandler }
 
 func (l tcpLink) setUnit(u uint8)                 { l.SlaveId = u }
-func (l tcpLink) setTimeout(d time.Duration) bool { l.Timeout = d; return false }
-
-type rtuLink struct{ *modbus.RTUClientHandler }
-
-func (l rtuLink) setUnit(u uint8) { l.SlaveId = u }
-func (l rtuLink) setTimeout(d time.Duration) bool {
-	if l.Timeout == d {
-		return false
-	}
-	l.Timeout = d
-	return true
-}
+func (l tcpLink) setTimeout(d time.Duration) { l.Timeout = d }
 
 // endpoint is one connection (TCP host:port or serial line) and the devices
 // behind it, polled in turn by one goroutine.
@@ -85,7 +73,7 @@ func (e *endpoint) init(a *devices.ModbusAddr) error {
 		}
 		h.IdleTimeout = 0 // the poller decides when to close
 		h.Timeout = e.cfg.DefaultTimeout
-		e.link = rtuLink{h}
+		e.link = newRTULink(h)
 		e.line = fmt.Sprintf("%d baud %d%s%d", h.BaudRate, h.DataBits, h.Parity, h.StopBits)
 	} else {
 		if _, _, err := net.SplitHostPort(a.Host); err != nil {
@@ -237,13 +225,7 @@ func (e *endpoint) poll(ctx context.Context, d *device) {
 	e.m.lag.Observe(start.Sub(d.next).Seconds())
 	d.reading.Reset(d.asset)
 	e.link.setUnit(d.unit)
-	if e.link.setTimeout(d.timeout) {
-		e.close()
-		if err := e.connect(ctx); err != nil {
-			e.connectFailed(err)
-			return
-		}
-	}
+	e.link.setTimeout(d.timeout)
 	answered, issued := 0, 0
 	var lastErr error
 	retried := false
