@@ -123,6 +123,7 @@ func TestDiskFull(t *testing.T) {
 	r := tap.report()
 	t.Logf("disk full summary: lost=%d duplicates=%d (%d points written during the full disk, %d distinct points in all)",
 		lost, r.dups[phaseDiskFull]+r.dups[phaseSteady], r.written[phaseDiskFull], r.distinct)
+	tap.crossCheck(t, db, c.inv.Assets)
 }
 
 const nsChildEnv = "CITYGW_E2E_NS_CHILD"
