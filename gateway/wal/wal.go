@@ -720,7 +720,7 @@ func (w *WAL) logDropsLocked(force bool) {
 		return
 	}
 	w.log.Warn("WAL full: dropped the oldest points (on_full: drop_oldest)",
-		"dropped_points", w.dropLogged, "dropped_total", w.dropped, "max_bytes", int64(w.cfg.MaxBytes))
+		"dropped_points", w.dropLogged, "dropped_total", w.dropped, "max_bytes", int64(w.cfg.MaxBytes), "disk_full", w.diskFull)
 	w.dropLogged = 0
 	w.lastDropLog = now
 }
