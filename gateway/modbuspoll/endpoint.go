@@ -29,7 +29,7 @@ type link interface {
 
 type tcpLink struct{ *modbus.TCPClientHandler }
 
-func (l tcpLink) setUnit(u uint8)                 { l.SlaveId = u }
+func (l tcpLink) setUnit(u uint8)            { l.SlaveId = u }
 func (l tcpLink) setTimeout(d time.Duration) { l.Timeout = d }
 
 // endpoint is one connection (TCP host:port or serial line) and the devices
