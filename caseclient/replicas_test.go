@@ -418,3 +418,51 @@ func TestAnomalyKey(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicasReopen: the case system closes the one case of an anomaly
+// that both replicas still see firing; each re-opens after reopen_wait and
+// the anomaly again has exactly one open case, which both address.
+func TestReplicasReopen(t *testing.T) {
+	d := startDesk(t, nil)
+	a, b := startClient(t, replicaConfig(t, d.srv.URL)), startClient(t, replicaConfig(t, d.srv.URL))
+	ctx := context.Background()
+	fa := fire(fireRule, fireService, "streetlight", "SL-3", []string{"SL-3"}, t0, "major")
+	fb := fire(fireRule, fireService, "streetlight", "SL-3", []string{"SL-3"}, t0.Add(3*time.Second), "major")
+	if err := a.Transitions(ctx, []rules.Transition{fa}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the first case", func() bool { return caseOf(a, fa.EpisodeID).ID != "" })
+	if err := b.Transitions(ctx, []rules.Transition{fb}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second replica attached", func() bool { return caseOf(b, fb.EpisodeID).AttachedTo != "" })
+	first, firstKey := caseOf(a, fa.EpisodeID).ID, caseOf(a, fa.EpisodeID).Key
+	if err := d.CloseRequest(first, "CLOSED", "closed while the lamp is still dark"); err != nil {
+		t.Fatal(err)
+	}
+	anomaly := AnomalyKey(fireRule, "SL-3")
+	waitFor(t, 10*time.Second, "both replicas to re-open", func() bool {
+		ca, cb := caseOf(a, fa.EpisodeID), caseOf(b, fb.EpisodeID)
+		return ca.ID != "" && ca.ID != first && cb.ID != "" && cb.ID != first && len(ca.Previous) == 1 && len(cb.Previous) == 1
+	})
+	reqs := openRequests(d, anomaly)
+	if len(reqs) != 1 {
+		t.Fatalf("%d open requests for the anomaly after the re-open, want 1", len(reqs))
+	}
+	ca, cb := caseOf(a, fa.EpisodeID), caseOf(b, fb.EpisodeID)
+	if ca.ID != reqs[0].ID || cb.ID != reqs[0].ID {
+		t.Errorf("replicas address %s and %s; the open case is %s", ca.ID, cb.ID, reqs[0].ID)
+	}
+	// Both replicas name the closed case alike (the attached one by the
+	// case it was attached to), and the new case says what it re-opens.
+	want := firstKey + "=" + first
+	if len(ca.Previous) != 1 || ca.Previous[0] != want || len(cb.Previous) != 1 || cb.Previous[0] != want {
+		t.Errorf("previous cases %v and %v, want [%s] each", ca.Previous, cb.Previous, want)
+	}
+	if got := reqs[0].Attributes["reopens"]; len(got) != 1 || got[0] != firstKey {
+		t.Errorf("the new case re-opens %v, want %s", got, firstKey)
+	}
+	if n := len(d.Requests()); n != 2 {
+		t.Errorf("%d requests on the desk, want 2 (the closed one and its re-open)", n)
+	}
+}
