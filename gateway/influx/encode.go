@@ -208,7 +208,7 @@ func (e *Encoder) Append(dst []byte, r *devices.Reading) []byte {
 			dst = strconv.AppendInt(dst, v.I, 10)
 			dst = append(dst, 'i')
 		case devices.Float:
-			dst = strconv.AppendFloat(dst, v.F, 'g', -1, 64)
+			dst = appendFloat(dst, v.F)
 		case devices.String:
 			dst = appendQuoted(dst, v.S)
 		}
@@ -287,4 +287,42 @@ func appendQuoted(dst []byte, s string) []byte {
 		dst = append(dst, c)
 	}
 	return append(dst, '"')
+}
+
+// decimalPow10 are the exact powers of ten appendFloat's fast path uses.
+var decimalPow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6}
+
+// appendFloat appends x as strconv.AppendFloat(dst, x, 'g', -1, 64) does,
+// the shortest text that reads back as x. Sensor values are mostly short
+// decimals (73.5, 3.61): for 1e-4 <= |x| < 1e6 with at most six decimals
+// it finds the fewest decimals k whose rounding m = round(|x|·10^k) reads
+// back as x (m/10^k == |x|, the correctly rounded parse) and writes m with
+// k decimals, several times cheaper than the general shortest-digits
+// search. A test and a fuzz target check it against strconv.
+func appendFloat(dst []byte, x float64) []byte {
+	ax := math.Abs(x)
+	if ax >= 1e-4 && ax < 1e6 {
+		for k, p := range decimalPow10 {
+			m := math.Round(ax * p)
+			if m/p != ax {
+				continue
+			}
+			if x < 0 {
+				dst = append(dst, '-')
+			}
+			u := uint64(m)
+			if k == 0 {
+				return strconv.AppendUint(dst, u, 10)
+			}
+			pk := uint64(p)
+			dst = strconv.AppendUint(dst, u/pk, 10)
+			dst = append(dst, '.')
+			frac := u % pk
+			for d := pk / 10; d > frac && d > 1; d /= 10 {
+				dst = append(dst, '0') // leading zeros of the fraction
+			}
+			return strconv.AppendUint(dst, frac, 10)
+		}
+	}
+	return strconv.AppendFloat(dst, x, 'g', -1, 64)
 }

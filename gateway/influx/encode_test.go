@@ -3,6 +3,8 @@ package influx
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -342,4 +344,34 @@ func TestAppendConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// appendFloat writes exactly what strconv's shortest 'g' formatting writes.
+func TestAppendFloat(t *testing.T) {
+	xs := []float64{0, -0.0, 1, -1, 73.5, 3.61, 0.1, 0.2, 0.3, 1e-4, 0.00012, 9.9999e-5, 999999.5, 1e6, 123456.7,
+		0.30000000000000004, 1.0 / 3, 2.675, 1e-7, 1e21, math.MaxFloat64, math.SmallestNonzeroFloat64, 5e-324,
+		230.1, 21.5, -87, 7.5, 88, 100, 0.05, 12.345678, 0.000123456, 999999.999999}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200000 {
+		k := rng.IntN(8)
+		m := rng.Int64N(2_000_000_000) - 1_000_000_000
+		x, _ := strconv.ParseFloat(strconv.FormatInt(m, 10)+"e-"+strconv.Itoa(k), 64)
+		xs = append(xs, x, rng.Float64()*1e6, math.Float64frombits(rng.Uint64()))
+	}
+	for _, x := range xs {
+		if got, want := string(appendFloat(nil, x)), strconv.FormatFloat(x, 'g', -1, 64); got != want {
+			t.Fatalf("appendFloat(%v) = %q, strconv %q", x, got, want)
+		}
+	}
+}
+
+func FuzzAppendFloat(f *testing.F) {
+	for _, x := range []float64{0, 73.5, 3.61, 0.3, 1e-4, 999999.5, 1.0 / 3} {
+		f.Add(x)
+	}
+	f.Fuzz(func(t *testing.T, x float64) {
+		if got, want := string(appendFloat(nil, x)), strconv.FormatFloat(x, 'g', -1, 64); got != want {
+			t.Fatalf("appendFloat(%v) = %q, strconv %q", x, got, want)
+		}
+	})
 }
