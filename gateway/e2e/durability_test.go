@@ -352,3 +352,15 @@ func (tap *writeTap) report() tapReport {
 	}
 	return r
 }
+
+func TestPointKey(t *testing.T) {
+	for _, tt := range []struct{ line, want string }{
+		{`waste_bin,asset=b1,gateway=gw fill=0.5,note="a b" 1700000000000000000`, `waste_bin,asset=b1,gateway=gw 1700000000000000000`},
+		{`streetlight,asset=l\ 1,district=310101 on=true 42`, `streetlight,asset=l\ 1,district=310101 42`},
+		{`m v=1i 7`, `m 7`},
+	} {
+		if got := pointKey([]byte(tt.line)); got != tt.want {
+			t.Errorf("pointKey(%q) = %q, want %q", tt.line, got, tt.want)
+		}
+	}
+}
