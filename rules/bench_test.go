@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/devices"
 )
 
 // ruleTemplates are typical conditions per kind; %v is a varying threshold
@@ -185,5 +187,23 @@ func BenchmarkEvalDisplay(b *testing.B) {
 				e.Eval(ctx, r)
 			}
 		})
+	}
+}
+
+// BenchmarkEvalDisplayPush is the display history's part of a streetlight
+// reading alone (16 samples, 13 numeric fields), steadier than the
+// difference of two whole-reading benchmarks on a busy machine.
+func BenchmarkEvalDisplayPush(b *testing.B) {
+	s := testCatalog(b).Kinds["streetlight"]
+	vals := make([]devices.Value, len(s.Fields))
+	for i := range vals {
+		vals[i] = devices.FloatValue(float64(i))
+	}
+	var d display
+	ns := int64(1e18)
+	b.ReportAllocs()
+	for b.Loop() {
+		ns += 1e9
+		d.push(ns, vals, 16, s)
 	}
 }
