@@ -447,38 +447,62 @@ func (w *WAL) unackedLocked() int64 {
 // it again: harmless, InfluxDB keeps one point per series and timestamp).
 // Otherwise the wait for a group's write is not cancelled by ctx.
 func (w *WAL) Append(ctx context.Context, line []byte) error {
+	return w.AppendBatch(ctx, [][]byte{line})
+}
+
+// AppendBatch appends lines in order as Append appends one, in one group
+// when they fit: one write (and one fsync with sync: always) for all of
+// them, where separate Appends from one goroutine cost a write each. A nil
+// error means every line is written; on an error some of them may be
+// written (a duplicate if the caller sends them again, harmless as above).
+func (w *WAL) AppendBatch(ctx context.Context, lines [][]byte) error {
+	if len(lines) == 0 {
+		return nil
+	}
 	start := time.Now()
-	rec := recordSize(len(line))
-	if int64(len(line)) > int64(w.cfg.MaxRecordBytes) {
-		return fmt.Errorf("%w: %d bytes, max_record_bytes is %d", ErrTooLarge, len(line), w.cfg.MaxRecordBytes)
+	for _, line := range lines {
+		if int64(len(line)) > int64(w.cfg.MaxRecordBytes) {
+			return fmt.Errorf("%w: %d bytes, max_record_bytes is %d", ErrTooLarge, len(line), w.cfg.MaxRecordBytes)
+		}
 	}
 	w.mu.Lock()
-	for {
-		if w.closed || w.closing {
-			w.mu.Unlock()
-			return ErrClosed
-		}
-		if w.diskFull && (w.flushing || w.pendingN > 0) {
-			// Another Append's group is being retried: wait for it. When
-			// nobody retries, this Append's write is the retry.
-		} else if w.unackedLocked()+rec <= int64(w.cfg.MaxBytes) {
-			break
-		} else if w.cfg.OnFull == DropOldest && w.dropOldestLocked() {
-			continue
-		}
-		if err := w.waitSpaceLocked(ctx); err != nil {
-			err = w.gaveUpLocked(err)
-			w.mu.Unlock()
-			w.m.appendErrors.Inc()
-			return err
-		}
-	}
+	first := w.gen
 	now := start.UnixNano()
-	if w.pendingN == 0 {
-		w.pendingFirst = now
+	for _, line := range lines {
+		rec := recordSize(len(line))
+		for {
+			if w.closed || w.closing {
+				w.mu.Unlock()
+				return ErrClosed
+			}
+			if !w.flushing && w.pendingN > 0 && (w.diskFull || w.unackedLocked()+rec > int64(w.cfg.MaxBytes)) {
+				// About to wait: write what is pending first (this batch's
+				// earlier lines among it), or nobody would, and a full
+				// disk would wait on this very group.
+				w.writeGroup(ctx)
+				continue
+			}
+			if w.diskFull && (w.flushing || w.pendingN > 0) {
+				// Another Append's group is being retried: wait for it. When
+				// nobody retries, this Append's write is the retry.
+			} else if w.unackedLocked()+rec <= int64(w.cfg.MaxBytes) {
+				break
+			} else if w.cfg.OnFull == DropOldest && w.dropOldestLocked() {
+				continue
+			}
+			if err := w.waitSpaceLocked(ctx); err != nil {
+				err = w.gaveUpLocked(err)
+				w.mu.Unlock()
+				w.m.appendErrors.Inc()
+				return err
+			}
+		}
+		if w.pendingN == 0 {
+			w.pendingFirst = now
+		}
+		w.pending = appendRecord(w.pending, now, line)
+		w.pendingN++
 	}
-	w.pending = appendRecord(w.pending, now, line)
-	w.pendingN++
 	my := w.gen
 	var stop func() bool
 	for w.genDone < my {
@@ -512,17 +536,28 @@ func (w *WAL) Append(ctx context.Context, line []byte) error {
 		}
 		w.cond.Wait()
 	}
-	err := w.errs[my%uint64(len(w.errs))]
+	// The lines went out in the groups first..my (more than one when a
+	// wait for space let other groups be written in between).
+	var err error
+	lo := first
+	if ring := uint64(len(w.errs)); my >= ring && my+1-ring > lo {
+		lo = my + 1 - ring // older groups' outcomes are overwritten
+	}
+	for g := lo; g <= my && err == nil; g++ {
+		if e := w.errs[g%uint64(len(w.errs))]; e.gen == g {
+			err = e.err
+		}
+	}
 	w.mu.Unlock()
 	if stop != nil {
 		stop()
 	}
-	if err.gen == my && err.err != nil {
+	if err != nil {
 		w.m.appendErrors.Inc()
-		if errors.Is(err.err, ErrDiskFull) && ctx.Err() != nil {
-			return fmt.Errorf("%w; gave up waiting for space: %w", err.err, ctx.Err())
+		if errors.Is(err, ErrDiskFull) && ctx.Err() != nil {
+			return fmt.Errorf("%w; gave up waiting for space: %w", err, ctx.Err())
 		}
-		return err.err
+		return err
 	}
 	w.m.appendDur.Observe(time.Since(start).Seconds())
 	return nil
@@ -536,6 +571,9 @@ func (w *WAL) gaveUpLocked(err error) error {
 	}
 	return fmt.Errorf("waiting for WAL space (backlog at max_bytes %d): %w", int64(w.cfg.MaxBytes), err)
 }
+
+// AddBatch is AppendBatch, for the pipeline's batches.
+func (w *WAL) AddBatch(ctx context.Context, lines [][]byte) error { return w.AppendBatch(ctx, lines) }
 
 // Add is Append, so that a *WAL is a pipeline.LineWriter like the InfluxDB
 // writer's memory queue.
