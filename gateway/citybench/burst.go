@@ -1,0 +1,84 @@
+package citybench
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// burst is the scenario "a burst of 1,000,000 messages over 10,000 assets":
+// the publisher sends every message as fast as the broker takes them,
+// round-robin over the assets, each asset's messages one second apart in
+// device time and all in the past.
+type burst struct{}
+
+// Burst defaults.
+const (
+	burstMessages = 1000000
+	burstAssets   = 10000
+)
+
+func (burst) params(o *Options) (messages, assets int) {
+	messages, assets = o.Messages, o.Assets
+	if messages <= 0 {
+		messages = burstMessages
+	}
+	if assets <= 0 {
+		assets = burstAssets
+	}
+	return messages, assets
+}
+
+func (s burst) Describe(o *Options) string {
+	m, a := s.params(o)
+	return fmt.Sprintf("burst: %d messages over %d assets, QoS 1, %d publisher connections with %d in flight each", m, a, o.Conns, o.InFlight)
+}
+
+func (s burst) Run(ctx context.Context, b *Bench) (*Report, error) {
+	o := &b.Opts
+	messages, assets := s.params(o)
+	rep := &Report{Scenario: "burst", Date: time.Now().UTC(), Machine: machine(),
+		Params: map[string]any{"messages": messages, "assets": assets, "publisher_conns": o.Conns, "publisher_inflight": o.InFlight,
+			"batch_size": o.BatchSize, "flush_interval": o.FlushInterval.String()},
+		Notes: []string{
+			"Each system ran alone on a fresh Mosquitto (configs/bench/mosquitto.conf) and, but for the ceiling, a fresh InfluxDB 1.8.10.",
+			"points/s: points from the first publish to the first count query that saw them all (ceiling: the counter's last message).",
+			"CPU and peak RSS: /proc between the publisher's start and full visibility for long-running processes; the publisher's and the counter's whole life (rusage). Peak RSS includes start-up (inventory loading).",
+			"citygw: shipped rules loaded, WAL on, no case sink (no desk in this scenario), per-asset rate cap off (configs/bench/gateway.yaml).",
+		}}
+	inv, err := b.Inventory(ctx, assets)
+	if err != nil {
+		return nil, err
+	}
+	var failed []string
+	for _, sys := range o.Systems {
+		fmt.Fprintf(o.Progress, "citybench: %s: starting a fresh stack\n", sys)
+		dir := filepath.Join(o.Work, "burst-"+sys)
+		st, err := b.StartStack(ctx, sys, dir, inv, int64(messages))
+		if err != nil {
+			rep.Systems = append(rep.Systems, &SystemResult{System: sys, Error: err.Error()})
+			failed = append(failed, sys+": "+err.Error())
+			continue
+		}
+		res, err := b.Measure(ctx, st, b.LoadArgs(assets, "-messages", strconv.Itoa(messages)), int64(messages))
+		st.Stop()
+		if err != nil {
+			if res.Error == "" {
+				res.Error = err.Error()
+			}
+			failed = append(failed, sys+": "+err.Error())
+		}
+		rep.Systems = append(rep.Systems, res)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	rep.Machine.LoadAfter = loadavg()
+	rep.ComputeRatios()
+	if len(failed) > 0 {
+		return rep, fmt.Errorf("%d system(s) failed: %v", len(failed), failed)
+	}
+	return rep, nil
+}

@@ -1,0 +1,272 @@
+package citybench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// Mosquitto is a broker started fresh for one system's run, configured from
+// configs/bench/mosquitto.conf.
+type Mosquitto struct {
+	*Process
+	Port int
+}
+
+// URL is the broker's client URL.
+func (m *Mosquitto) URL() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.Port) }
+
+// StartMosquitto writes the broker's configuration into dir from the
+// template and starts it.
+func StartMosquitto(repo, dir string) (*Mosquitto, error) {
+	bin, err := LookTool("mosquitto")
+	if err != nil {
+		return nil, fmt.Errorf("%w; install it with: apt-get install -y mosquitto mosquitto-clients", err)
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(dir, "mosquitto.conf")
+	if err := renderTemplate(filepath.Join(repo, "configs", "bench", "mosquitto.conf"), conf, map[string]any{
+		"Port": port, "Root": os.Geteuid() == 0,
+	}); err != nil {
+		return nil, err
+	}
+	m := &Mosquitto{Port: port, Process: &Process{Name: "mosquitto", Path: bin, Args: []string{"-c", conf},
+		LogFile: filepath.Join(dir, "mosquitto.log")}}
+	if err := m.Start(); err != nil {
+		return nil, err
+	}
+	if err := WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+		m.Stop()
+		return nil, fmt.Errorf("mosquitto did not start (log %s): %w", m.LogFile, err)
+	}
+	return m, nil
+}
+
+// WaitSubscribed waits until the broker logged that clientID subscribed to
+// filter (the configuration logs subscriptions), failing early when sub
+// exits.
+func (m *Mosquitto) WaitSubscribed(ctx context.Context, clientID, filter string, sub *Process, timeout time.Duration) error {
+	want := fmt.Sprintf(" %s 1 %s", clientID, filter)
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(m.LogFile)
+		if bytes.Contains(b, []byte(want)) {
+			return nil
+		}
+		if sub.Exited() {
+			return fmt.Errorf("%s exited before subscribing (log %s)", sub.Name, sub.LogFile)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not subscribe to %s within %v (broker log %s)", clientID, filter, timeout, m.LogFile)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// InfluxDB is an influxd 1.8 started fresh for one system's run: HTTP API
+// on a free loopback port, data in its directory, auth off.
+type InfluxDB struct {
+	*Process
+	Port int
+	http *http.Client
+}
+
+// InfluxDBInstall is how a missing influxd is installed (scripts/tools.sh does it).
+const InfluxDBInstall = "bash scripts/tools.sh (or GOBIN=${CITYGW_TOOLS:-$HOME/.cache/citygw/bin} go install github.com/influxdata/influxdb/cmd/influxd@v1.8.10)"
+
+// StartInfluxDB writes an influxd configuration into dir, starts it and
+// waits until it answers /ping.
+func StartInfluxDB(dir string) (*InfluxDB, error) {
+	bin, err := LookTool("influxd")
+	if err != nil {
+		return nil, fmt.Errorf("%w; install it with: %s", err, InfluxDBInstall)
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	rpc, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`reporting-disabled = true
+bind-address = "127.0.0.1:%d"
+
+[meta]
+  dir = %q
+  logging-enabled = false
+
+[data]
+  dir = %q
+  wal-dir = %q
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = false
+  log-enabled = false
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:%d"
+  auth-enabled = false
+  log-enabled = false
+  flux-enabled = false
+  pprof-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+`, rpc, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), port)
+	file := filepath.Join(dir, "influxdb.conf")
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("writing influxd config: %w", err)
+	}
+	db := &InfluxDB{Port: port, http: &http.Client{Timeout: 60 * time.Second},
+		Process: &Process{Name: "influxd", Path: bin, Args: []string{"run", "-config", file}, LogFile: filepath.Join(dir, "influxd.log")}}
+	if err := db.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := db.http.Get(db.URL() + "/ping")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusNoContent {
+				return db, nil
+			}
+		}
+		if db.Exited() || time.Now().After(deadline) {
+			db.Stop()
+			return nil, fmt.Errorf("influxd did not answer /ping on %s (log %s): %v", db.URL(), db.LogFile, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// URL is the HTTP API's base URL.
+func (db *InfluxDB) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", db.Port) }
+
+// CreateDB creates a database.
+func (db *InfluxDB) CreateDB(name string) error {
+	_, err := db.Query("", "CREATE DATABASE "+quoteIdent(name))
+	return err
+}
+
+func quoteIdent(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// Series is one series of an InfluxQL answer.
+type Series struct {
+	Name    string            `json:"name"`
+	Tags    map[string]string `json:"tags"`
+	Columns []string          `json:"columns"`
+	Values  [][]any           `json:"values"`
+}
+
+// Query runs InfluxQL against dbName through the 1.x /query API (epoch=ns,
+// numbers kept as json.Number).
+func (db *InfluxDB) Query(dbName, q string) ([]Series, error) {
+	form := url.Values{"q": {q}, "epoch": {"ns"}}
+	if dbName != "" {
+		form.Set("db", dbName)
+	}
+	resp, err := db.http.PostForm(db.URL()+"/query", form)
+	if err != nil {
+		return nil, fmt.Errorf("influxql %q: %w", q, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("influxql %q: %w", q, err)
+	}
+	var ans struct {
+		Results []struct {
+			Series []Series `json:"series"`
+			Error  string   `json:"error"`
+		} `json:"results"`
+		Error string `json:"error"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&ans); err != nil {
+		return nil, fmt.Errorf("influxql %q: HTTP %d, undecodable answer %.200q: %w", q, resp.StatusCode, body, err)
+	}
+	if ans.Error != "" {
+		return nil, fmt.Errorf("influxql %q: %s", q, ans.Error)
+	}
+	var out []Series
+	for _, r := range ans.Results {
+		if r.Error != "" {
+			return nil, fmt.Errorf("influxql %q: %s", q, r.Error)
+		}
+		out = append(out, r.Series...)
+	}
+	return out, nil
+}
+
+// Count returns SELECT count(field) FROM measurement in dbName (0 when the
+// measurement does not exist yet).
+func (db *InfluxDB) Count(dbName, measurement, field string) (int64, error) {
+	series, err := db.Query(dbName, fmt.Sprintf("SELECT count(%s) FROM %s", quoteIdent(field), quoteIdent(measurement)))
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, s := range series {
+		for _, row := range s.Values {
+			if len(row) < 2 {
+				continue
+			}
+			n, ok := row[1].(json.Number)
+			if !ok {
+				return 0, fmt.Errorf("count(%s): unexpected value %v", field, row[1])
+			}
+			i, err := n.Int64()
+			if err != nil {
+				return 0, fmt.Errorf("count(%s): %w", field, err)
+			}
+			total += i
+		}
+	}
+	return total, nil
+}
+
+// renderTemplate executes the text/template in src with data into dst.
+func renderTemplate(src, dst string, data any) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("reading template: %w", err)
+	}
+	t, err := template.New(filepath.Base(src)).Option("missingkey=error").Parse(string(b))
+	if err != nil {
+		return fmt.Errorf("template %s: %w", src, err)
+	}
+	var out bytes.Buffer
+	if err := t.Execute(&out, data); err != nil {
+		return fmt.Errorf("template %s: %w", src, err)
+	}
+	if err := os.WriteFile(dst, out.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", dst, err)
+	}
+	return nil
+}
