@@ -3,7 +3,11 @@
 #   - Mosquitto (broker + clients), mbpoll (Modbus client), python3-pymodbus
 #     (Modbus server) and socat (serial pty pairs for RTU tests) from Debian's apt;
 #   - InfluxDB 1.8.10 built from its Go module into $CITYGW_TOOLS
-#     (default ~/.cache/citygw/bin), about a minute, cached afterwards.
+#     (default ~/.cache/citygw/bin), about a minute, cached afterwards;
+#   - only when asked (`bash scripts/tools.sh bench` or CITYGW_TOOLS_BENCH=1):
+#     Telegraf v1.37.2 built from its Go module into the same directory, for
+#     the city benchmark (gateway/cmd/citybench). It takes many minutes and
+#     gigabytes of module downloads, so `make test` and CI never build it.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
 TOOLS="${CITYGW_TOOLS:-$HOME/.cache/citygw/bin}"
@@ -36,4 +40,16 @@ else
   GOBIN="$TOOLS" GOFLAGS=-buildvcs=false go install github.com/influxdata/influxdb/cmd/influxd@v1.8.10
   echo v1.8.10 > "$TOOLS/influxd.version"
 fi
-step "ready: $(command -v mosquitto || echo /usr/sbin/mosquitto), $TOOLS/influxd"
+
+# Telegraf for the city benchmark, only on request.
+TELEGRAF_VERSION=v1.37.2
+if [ "${1:-}" = "bench" ] || [ "${CITYGW_TOOLS_BENCH:-}" = "1" ]; then
+  if [ -x "$TOOLS/telegraf" ] && grep -qx "$TELEGRAF_VERSION" "$TOOLS/telegraf.version" 2>/dev/null; then
+    step "telegraf ${TELEGRAF_VERSION#v}: present in $TOOLS"
+  else
+    step "building telegraf ${TELEGRAF_VERSION#v} from its Go module into $TOOLS (many minutes, once)"
+    GOBIN="$TOOLS" GOFLAGS=-buildvcs=false go install "github.com/influxdata/telegraf/cmd/telegraf@$TELEGRAF_VERSION"
+    echo "$TELEGRAF_VERSION" > "$TOOLS/telegraf.version"
+  fi
+fi
+step "ready: $(command -v mosquitto || echo /usr/sbin/mosquitto), $TOOLS/influxd$([ -x "$TOOLS/telegraf" ] && echo ", $TOOLS/telegraf")"
