@@ -270,6 +270,35 @@ func TestReloadDecisions(t *testing.T) {
 	if v := r.metric("citygw_config_last_reload_successful"); v != 1 {
 		t.Errorf("citygw_config_last_reload_successful at start = %v", v)
 	}
+	// A scraper, a status poller and a browser keep asking while the
+	// components restart underneath (the race detector watches): every
+	// answer is a normal one, or 503 for the moment of a restart.
+	stopAsking, asked := make(chan struct{}), make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 20 * time.Second}
+		for n := 0; ; n++ {
+			select {
+			case <-stopAsking:
+				asked <- nil
+				return
+			default:
+			}
+			path := []string{"/metrics", "/status", "/readyz", "/", "/api/summary", "/assets/SL-1"}[n%6]
+			req, _ := http.NewRequest("GET", "http://"+r.addr+path, nil)
+			req.Header.Set("Authorization", "Bearer tok-1")
+			resp, err := client.Do(req)
+			if err != nil {
+				asked <- fmt.Errorf("GET %s: %w", path, err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 && resp.StatusCode != 503 {
+				asked <- fmt.Errorf("GET %s: %s", path, resp.Status)
+				return
+			}
+		}
+	}()
 
 	steps := []struct {
 		name        string
@@ -329,6 +358,10 @@ func TestReloadDecisions(t *testing.T) {
 		if v := r.metric("citygw_rules_loaded"); v != st.rulesLoaded {
 			t.Errorf("%s: %v rules loaded, want %v", st.name, v, st.rulesLoaded)
 		}
+	}
+	close(stopAsking)
+	if err := <-asked; err != nil {
+		t.Errorf("asking while reloading: %v", err)
 	}
 	if v := r.metric("citygw_reload_failures_total"); v != 5 {
 		t.Errorf("citygw_reload_failures_total = %v, want 5", v)
