@@ -50,6 +50,13 @@ type Options struct {
 	Log      *slog.Logger
 }
 
+// citygw's InfluxDB batching in configs/gateway.yaml, which Telegraf is
+// given too (a test checks they agree).
+const (
+	DefaultBatchSize     = 5000
+	DefaultFlushInterval = time.Second
+)
+
 // Systems that can be measured.
 const (
 	SysCeiling  = "ceiling"
@@ -102,10 +109,10 @@ func New(ctx context.Context, o Options) (*Bench, error) {
 		o.InFlight = 1000
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = 5000
+		o.BatchSize = DefaultBatchSize
 	}
 	if o.FlushInterval <= 0 {
-		o.FlushInterval = time.Second
+		o.FlushInterval = DefaultFlushInterval
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Minute

@@ -270,3 +270,5 @@ func renderTemplate(src, dst string, data any) error {
 	}
 	return nil
 }
+
+func mkdir(dir string) error { return os.MkdirAll(dir, 0o755) }

@@ -54,8 +54,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	repo := fs.String("repo", ".", "repository root")
 	conns := fs.Int("conns", 2, "publisher MQTT connections")
 	inflight := fs.Int("inflight", 1000, "publisher messages in flight per connection")
-	batch := fs.Int("batch-size", 5000, "InfluxDB batch size of citygw and Telegraf (configs/gateway.yaml influxdb.batch_size)")
-	flush := fs.Duration("flush-interval", time.Second, "InfluxDB flush interval of citygw and Telegraf (configs/gateway.yaml influxdb.flush_interval)")
+	batch := fs.Int("batch-size", citybench.DefaultBatchSize, "InfluxDB batch size of citygw and Telegraf (configs/gateway.yaml influxdb.batch_size)")
+	flush := fs.Duration("flush-interval", citybench.DefaultFlushInterval, "InfluxDB flush interval of citygw and Telegraf (configs/gateway.yaml influxdb.flush_interval)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "fail when points are still missing this long after the publisher finished")
 	noBuild := fs.Bool("no-build", false, "reuse the gateway and firmware-sim binaries in the work directory instead of running go build")
 	if err := fs.Parse(args); err != nil {
