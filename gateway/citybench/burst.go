@@ -44,7 +44,7 @@ func (s burst) Run(ctx context.Context, b *Bench) (*Report, error) {
 			"batch_size": o.BatchSize, "flush_interval": o.FlushInterval.String()},
 		Notes: []string{
 			"Each system ran alone on a fresh Mosquitto (configs/bench/mosquitto.conf) and, but for the ceiling, a fresh InfluxDB 1.8.10.",
-			"points/s: points from the first publish to the first count query that saw them all (ceiling: the counter's last message).",
+			"points/s: points from the first publish to the first count query that saw them all (polled every 250 ms once InfluxDB's write counter reached the total; ceiling: the counter's last message).",
 			"CPU and peak RSS: /proc between the publisher's start and full visibility for long-running processes; the publisher's and the counter's whole life (rusage). Peak RSS includes start-up (inventory loading).",
 			"citygw: shipped rules loaded, WAL on, no case sink (no desk in this scenario), per-asset rate cap off (configs/bench/gateway.yaml).",
 		}}
