@@ -42,7 +42,8 @@ func StartCounter(ctx context.Context, cfg CounterConfig) (*Counter, error) {
 		SetMaxReconnectInterval(2 * time.Second).
 		SetConnectTimeout(10 * time.Second).
 		SetKeepAlive(30 * time.Second).
-		SetOrderMatters(true) // the handler runs on the client's goroutine: no goroutine per message
+		SetCustomOpenConnectionFn(dial). // buffered, see conn.go
+		SetOrderMatters(true)            // the handler runs on the client's goroutine: no goroutine per message
 	handler := func(_ mqtt.Client, _ mqtt.Message) {
 		now := time.Now().UnixNano()
 		if c.n.Add(1) == 1 {

@@ -245,6 +245,7 @@ func newConn(cfg Config, c int) *conn {
 		SetKeepAlive(30 * time.Second).
 		SetWriteTimeout(30 * time.Second).
 		SetMaxResumePubInFlight(cfg.InFlight).
+		SetCustomOpenConnectionFn(dial). // buffered, see conn.go
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			log.Warn("mqtt connection lost", "broker", cfg.Broker, "err", err)
 		})
