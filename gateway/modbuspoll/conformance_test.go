@@ -154,7 +154,7 @@ func TestConformancePymodbusRTU(t *testing.T) {
 		})
 	}
 	// Unit 9 is not on the line: its requests time out (a shorter timeout
-	// than its neighbours', so the port is reopened between them).
+	// than its neighbours': timeouts apply per request on one open port).
 	p9 := cat.Profile("citylight-ccu300")
 	assets = append(assets, &devices.Asset{
 		ID: "rtu9", Model: p9.Model, Kind: p9.Kind, Profile: p9, Schema: cat.Kinds[p9.Kind],

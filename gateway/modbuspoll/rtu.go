@@ -25,6 +25,9 @@ const rtuSlice = 10 * time.Millisecond
 //     its exception) and a valid CRC, has come, skipping any bytes before it;
 //   - after a failed exchange, discards what is still arriving before the
 //     next request;
+//   - before asking a unit that timed out last time again, discards what
+//     arrives for one timeout: RTU has no transaction id, and that unit's
+//     late reply to its last request would match the new one;
 //   - takes each device's timeout per request, without reopening the port.
 type rtuLink struct {
 	*modbus.RTUClientHandler
@@ -34,7 +37,8 @@ type rtuLink struct {
 // rtuState is the open port and the receive buffer of an rtuLink.
 type rtuState struct {
 	port  serial.Port
-	dirty bool // the last exchange failed: input may still be arriving
+	dirty bool      // the last exchange failed: input may still be arriving
+	late  [256]bool // by unit: its last request timed out, its reply may still come
 	buf   [1024]byte
 	tmp   [256]byte
 }
@@ -76,7 +80,13 @@ func (l rtuLink) Send(req []byte) ([]byte, error) {
 	if err := l.Connect(); err != nil {
 		return nil, err
 	}
-	if s.dirty {
+	switch unit := req[0]; {
+	case s.late[unit]:
+		if err := s.settle(l.Timeout); err != nil {
+			return nil, err
+		}
+		s.late[unit], s.dirty = false, false
+	case s.dirty:
 		if err := s.drain(); err != nil {
 			return nil, err
 		}
@@ -102,6 +112,7 @@ func (l rtuLink) Send(req []byte) ([]byte, error) {
 			if broken != nil {
 				return broken, nil // Verify names what is wrong with it
 			}
+			s.late[req[0]] = true
 			if len(b) > 0 {
 				return nil, fmt.Errorf("%w (%d bytes came, none of them the reply)", serial.ErrTimeout, len(b))
 			}
@@ -138,11 +149,21 @@ func (s *rtuState) drain() error {
 	return nil
 }
 
+// settle discards input for d.
+func (s *rtuState) settle(d time.Duration) error {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		if _, err := s.port.Read(s.tmp[:]); err != nil && !errors.Is(err, serial.ErrTimeout) {
+			return err
+		}
+	}
+	return nil
+}
+
 // findRTUFrame looks in b for a reply frame from unit to function fc: the
 // function's reply (its length given by its byte count) or its exception
 // reply, with a valid CRC. It returns the frame and how many bytes before it
-// were skipped; if there is none, broken is the first complete candidate
-// whose CRC did not match (nil if none).
+// were skipped; if there is none, broken is a damaged reply: a complete
+// candidate at the start of b whose CRC did not match (nil if none).
 func findRTUFrame(b []byte, unit, fc byte) (frame []byte, skipped int, broken []byte) {
 	for i := 0; i+5 <= len(b); i++ {
 		if b[i] != unit {
@@ -164,7 +185,10 @@ func findRTUFrame(b []byte, unit, fc byte) (frame []byte, skipped int, broken []
 		if crc16(f[:n-2]) == uint16(f[n-2])|uint16(f[n-1])<<8 {
 			return f, i, nil
 		}
-		if broken == nil {
+		if i == 0 {
+			// The first bytes that came look like the reply but are
+			// damaged. (Elsewhere in noise, the unit's and function's
+			// bytes may be chance.)
 			broken = f
 		}
 	}

@@ -121,6 +121,7 @@ func TestFindRTUFrame(t *testing.T) {
 		{"incomplete", reply[:6], nil, 0, nil},
 		{"bad crc", corrupt, nil, 0, corrupt},
 		{"bad crc then the reply", cat(corrupt, reply), reply, len(corrupt), nil},
+		{"noise then bad crc", cat([]byte{9}, corrupt), nil, 0, nil},
 		{"empty", nil, nil, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
