@@ -6,5 +6,7 @@
 // or a serial line); the devices behind an endpoint share its connection and
 // are polled in turn, each on its own schedule, so that different endpoints
 // never wait for each other and a dead unit costs its neighbours at most one
-// timeout per backoff period.
+// timeout per backoff period (two on RTU). Replies are checked against their
+// requests (ids, function, byte count, length, CRC) and a reply that may
+// leave the connection out of step makes the poller resynchronise.
 package modbuspoll
