@@ -11,6 +11,7 @@ import (
 	"github.com/citygw/citygw/devices"
 	"github.com/citygw/citygw/devices/yamlconf"
 	"github.com/citygw/citygw/gateway/testenv"
+	"github.com/goburrow/modbus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -194,6 +195,24 @@ type mixedBus struct {
 	healthy           map[uint8]*devices.Profile
 	bad               map[uint8]misbehaviour
 	interval, timeout time.Duration
+	// wire is, on RTU, the longest time one request of a bad unit and its
+	// reply take on the line: the link waits that long on top of the
+	// timeout (0 on TCP).
+	wire time.Duration
+}
+
+// badProfile is the profile of the mixed bus's bad units.
+const badProfile = "citylight-slc200"
+
+// rtuWire sets bus.wire for an RTU line at baud.
+func (bus *mixedBus) rtuWire(cat *devices.Catalog, baud int) {
+	l := newRTULink(modbus.NewRTUClientHandler("/dev/null"))
+	l.BaudRate = baud
+	p := cat.Profile(badProfile)
+	for _, r := range Plan(p, ProfilePlanOptions(p)) {
+		fc := map[devices.Table]byte{devices.Coil: 1, devices.Discrete: 2, devices.Holding: 3, devices.Input: 4}[r.Table]
+		bus.wire = max(bus.wire, l.wireTime(8+5+responseBytes(fc, r.Count)))
+	}
 }
 
 func newMixedBus(cat *devices.Catalog, interval, timeout time.Duration) mixedBus {
@@ -216,15 +235,16 @@ func newMixedBus(cat *devices.Catalog, interval, timeout time.Duration) mixedBus
 //     the timeout (on RTU: the wait for a late reply before a unit that timed
 //     out is asked again, one timeout), and
 //   - one request: a poll stops at its first timeout (the exception unit's
-//     replies come at once, but it is counted the same).
+//     replies come at once, but it is counted the same); on RTU the
+//     frames' time on the wire comes on top.
 //
 // A poll late by more than an interval skips the missed slot and keeps its
 // phase, so consecutive readings are at most an interval plus that wait
-// apart: interval + bad × 2 × timeout. As much again is allowance for a
+// apart: interval + bad × (2 × timeout + wire). As much again is allowance for a
 // loaded test machine (stalls of a second and more were seen with the load
 // average at 5 times the cores).
 func (bus mixedBus) gapBound() time.Duration {
-	return bus.interval + time.Duration(len(bus.bad))*4*bus.timeout
+	return bus.interval + time.Duration(len(bus.bad))*(4*bus.timeout+bus.wire)
 }
 
 // checkMixedBus runs the checks of the mixed-bus tests once every healthy
@@ -267,8 +287,8 @@ func checkMixedBus(t *testing.T, bus mixedBus, r *running, c *collector, want ma
 			gap := rs[i].Received.Sub(rs[i-1].Received)
 			worst = max(worst, gap)
 			if gap > bound {
-				t.Errorf("%s: readings %d and %d are %v apart, more than %v (interval %v + %d bad units × 4 × timeout %v)",
-					id(u), i-1, i, gap.Round(time.Millisecond), bound, bus.interval, len(bus.bad), bus.timeout)
+				t.Errorf("%s: readings %d and %d are %v apart, more than %v (interval %v + %d bad units × (4 × timeout %v + wire %v))",
+					id(u), i-1, i, gap.Round(time.Millisecond), bound, bus.interval, len(bus.bad), bus.timeout, bus.wire)
 			}
 		}
 		t.Logf("%s: %d readings, longest gap %v (bound %v)", id(u), len(rs), worst.Round(time.Millisecond), bound)
@@ -326,7 +346,7 @@ func TestMixedBusTCP(t *testing.T) {
 		want[u] = peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{})
 		assets = append(assets, tcpAsset(t, cat, fmt.Sprint("tcp", u), p.Model, peer.addr, u, bus.interval, bus.timeout))
 	}
-	p := cat.Profile("citylight-slc200")
+	p := cat.Profile(badProfile)
 	for u, how := range bus.bad {
 		peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{how: how, code: 4, delay: 3 * bus.timeout})
 		assets = append(assets, tcpAsset(t, cat, fmt.Sprint("tcp", u), p.Model, peer.addr, u, bus.interval, bus.timeout))
@@ -372,16 +392,16 @@ func TestMixedBusRTU(t *testing.T) {
 		want[u] = peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{})
 		add(u, p)
 	}
-	p := cat.Profile("citylight-slc200")
+	p := cat.Profile(badProfile)
 	for u, how := range bus.bad {
 		peer.unit(u, p, sampleValues(t, p, int(u), now), peerUnit{how: how, code: 4, delay: 3 * bus.timeout})
 		add(u, p)
 	}
 	c := newCollector()
-	// A pty has no baud-rate timing; 115200 baud keeps the healthy units'
-	// own frames (a few hundred bytes a cycle, a few ms) within the
-	// bound's allowance on real lines too.
-	cfg := Config{BackoffMin: bus.interval, BackoffMax: 2 * bus.interval, RTU: SerialDefaults{Baud: 115200}}
+	// A pty has no baud-rate timing, but the link allows for it.
+	const baud = 115200
+	bus.rtuWire(cat, baud)
+	cfg := Config{BackoffMin: bus.interval, BackoffMax: 2 * bus.interval, RTU: SerialDefaults{Baud: baud}}
 	r := startPoller(t, cfg, assets, c)
 	checkMixedBus(t, bus, r, c, want, "rtu:"+gw, "rtu")
 }

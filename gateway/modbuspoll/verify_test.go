@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+	"time"
 
 	"github.com/goburrow/modbus"
 )
@@ -130,6 +131,25 @@ func TestFindRTUFrame(t *testing.T) {
 				t.Errorf("findRTUFrame(% x) = % x, %d, % x; want % x, %d, % x", tc.b, frame, skipped, broken, tc.frame, tc.skipped, tc.broken)
 			}
 		})
+	}
+}
+
+func TestWireTime(t *testing.T) {
+	l := newRTULink(modbus.NewRTUClientHandler("/dev/null"))
+	for _, tc := range []struct {
+		baud, chars int
+		want        time.Duration
+	}{
+		// 11 bits a character at 9600 baud is 1.146ms; goburrow allows
+		// 1.5 character times of 10 bits (1.5625ms) and a 3.5 character gap.
+		{9600, 263, 263*1562*time.Microsecond + 3645*time.Microsecond},
+		{19200, 8, 8*781*time.Microsecond + 1822*time.Microsecond},
+		{115200, 8, 8*750*time.Microsecond + 1750*time.Microsecond},
+	} {
+		l.BaudRate = tc.baud
+		if got := l.wireTime(tc.chars); got != tc.want {
+			t.Errorf("%d characters at %d baud: %v, want %v", tc.chars, tc.baud, got, tc.want)
+		}
 	}
 }
 
