@@ -226,8 +226,10 @@ func (d *jsonDecoder) value(n *pathNode, depth int) error {
 			return err
 		}
 		if n != nil && (n.field >= 0 || n.ts) {
-			s, err := d.text(raw, escaped)
-			if err != nil {
+			var s string
+			if f := d.stringField(n); f != nil && !escaped {
+				s = f.internString(raw)
+			} else if s, err = d.text(raw, escaped); err != nil {
 				return err
 			}
 			d.scalar(n, jsonString, s, 0)
@@ -513,4 +515,27 @@ func validNumber(b []byte) bool {
 		}
 	}
 	return i == len(b)
+}
+
+// stringField returns the string field living at n, nil if none.
+func (d *jsonDecoder) stringField(n *pathNode) *Field {
+	if n.field < 0 {
+		return nil
+	}
+	if f := &d.p.Fields[n.field]; f.lastStr != nil {
+		return f
+	}
+	return nil
+}
+
+// internString returns raw as a string, the field's previous value when it
+// is the same (no allocation), else a new string that becomes the previous
+// value. Safe for concurrent use.
+func (f *Field) internString(raw []byte) string {
+	if p := f.lastStr.Load(); p != nil && *p == string(raw) {
+		return *p
+	}
+	s := string(raw)
+	f.lastStr.Store(&s)
+	return s
 }

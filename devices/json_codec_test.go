@@ -219,3 +219,38 @@ func FuzzParseSimpleNumber(f *testing.F) {
 		}
 	})
 }
+
+// A string field's repeated value is decoded without an allocation, and a
+// new value is decoded right.
+func TestDecodeJSONStringReuse(t *testing.T) {
+	p, a := testBinAsset(t)
+	fw := -1
+	for i, f := range a.Schema.Fields {
+		if f.Name == "firmware" {
+			fw = i
+		}
+	}
+	decode := func(payload string) string {
+		var r Reading
+		r.Reset(a)
+		if _, err := p.DecodeJSON([]byte(payload), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Values[fw].S
+	}
+	if got := decode(`{"fw":"3.1.4"}`); got != "3.1.4" {
+		t.Fatalf("firmware %q", got)
+	}
+	var r Reading
+	r.Reset(a)
+	payload := []byte(`{"fw":"3.1.4","fill":{"pct":5}}`)
+	if allocs := testing.AllocsPerRun(100, func() { p.DecodeJSON(payload, &r) }); allocs != 0 {
+		t.Errorf("a repeated firmware string allocated %v times", allocs)
+	}
+	for _, want := range []string{"3.2.0", "3.1.4", `a"b`} {
+		in := strconv.Quote(want)
+		if got := decode(`{"fw":` + in + `}`); got != want {
+			t.Errorf("firmware %s decoded as %q", in, got)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/citygw/citygw/devices/yamlconf"
@@ -117,6 +118,11 @@ type Field struct {
 	Registers int      `yaml:"-"` // 16-bit registers (Modbus, non-bit tables), 1 for bit tables
 	pathParts []string `yaml:"-"`
 	divisor   float64  // 1/Scale when that is an integer, for exact decimal scaling
+	// lastStr is a string field's last decoded value, shared by the
+	// decoders of every asset of the profile: a fleet reports the same
+	// firmware version or state name over and over, and reusing the string
+	// spares an allocation per reading (see internString).
+	lastStr *atomic.Pointer[string]
 }
 
 // ModbusOptions are a Modbus profile's request planning defaults; the gateway
@@ -357,6 +363,9 @@ func (p *Profile) validateMQTTField(f *Field, fadd func(key, format string, args
 		f.Path = f.Name
 	}
 	f.pathParts = strings.Split(f.Path, ".")
+	if f.Type == RawString {
+		f.lastStr = new(atomic.Pointer[string])
+	}
 	for _, part := range f.pathParts {
 		if part == "" {
 			fadd("path", "empty element in path %q", f.Path)

@@ -105,7 +105,7 @@ func newMetrics(reg prometheus.Registerer, cfg *Config, inv *devices.Inventory) 
 		}), &errs),
 		handleDur: registerInto(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "citygw_mqtt_handle_duration_seconds",
-			Help:    "Time the handler took to accept (or refuse) one MQTT reading.",
+			Help:    "Time the handler took to accept (or refuse) one MQTT reading, or a batch of them (up to 64, what a worker's queue held).",
 			Buckets: prometheus.ExponentialBuckets(10e-6, 4, 10), // 10µs .. 2.6s
 		}), &errs),
 		inflight: registerInto(reg, prometheus.NewGauge(prometheus.GaugeOpts{

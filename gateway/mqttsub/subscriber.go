@@ -11,8 +11,12 @@
 // and lose the order). The router callback only matches the topic and puts
 // the message on the queue of one of Config.Workers workers chosen by a hash
 // of the asset id, so one asset's readings reach the Handler in arrival order
-// while assets are decoded in parallel. Acknowledgement is manual
-// (SetAutoAckDisabled): a worker acks after Handle returned nil. Acks of
+// while assets are decoded in parallel. A worker takes whatever its queue
+// holds (up to MaxBatch) and, with a BatchHandler, hands the decoded readings
+// on in one call: the gateway then appends them to the write-ahead log in one
+// write. Batches form only when messages arrive faster than they are handled,
+// so a trickle is not delayed. Acknowledgement is manual
+// (SetAutoAckDisabled): a worker acks after Handle (HandleBatch) returned nil. Acks of
 // different assets may therefore leave in a different order than their
 // messages arrived. MQTT 3.1.1 (4.6) asks for PUBACKs in order; Mosquitto
 // does not depend on it (the tests here run against it), other brokers
@@ -66,6 +70,21 @@ import (
 type Handler interface {
 	Handle(ctx context.Context, r *devices.Reading) error
 }
+
+// BatchHandler is a Handler that can also take several readings at once
+// (the gateway's pipeline: one write-ahead-log write for all of them). A
+// worker hands on what its queue holds in one call, up to MaxBatch readings,
+// without waiting for more. A nil error accepts every reading; an error
+// refuses them all (none is acknowledged; any of them may have been kept, so
+// the redelivery may bring duplicates). The readings of one asset are in
+// arrival order; rs and the readings are reused after HandleBatch returns.
+type BatchHandler interface {
+	Handler
+	HandleBatch(ctx context.Context, rs []*devices.Reading) error
+}
+
+// MaxBatch is the most readings a worker hands to a BatchHandler at once.
+const MaxBatch = 64
 
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc func(ctx context.Context, r *devices.Reading) error
@@ -232,7 +251,6 @@ func (s *Subscriber) settled() {
 
 // worker decodes and hands on the messages of the assets that hash to it.
 type worker struct {
-	r    devices.Reading
 	logs *rateLog
 	// held: assets (by Seq) with a refused message on the connection of
 	// the given generation. Their later messages are held back too (not
@@ -241,6 +259,19 @@ type worker struct {
 	held map[int]uint64
 	// buckets: per-asset token buckets (by Seq) of the rate cap.
 	buckets map[int]bucket
+
+	// The batch being processed: the items taken from the queue, and for
+	// those decoded, their readings (slots reused batch after batch).
+	items []item
+	slots [MaxBatch]devices.Reading
+	ready []*devices.Reading
+	of    []readyItem // ready[k] came from items[of[k].item]
+}
+
+// readyItem is a decoded message waiting for the handler's answer.
+type readyItem struct {
+	item int
+	res  result // resultOK, or resultDecodeError when some fields were bad
 }
 
 // bucket is a token bucket refilled at the cap's rate, holding at most two
@@ -267,15 +298,29 @@ func (w *worker) allow(seq int, now time.Time, rate float64) bool {
 }
 
 func newWorker(logEvery time.Duration) *worker {
-	return &worker{logs: newRateLog(logEvery), held: map[int]uint64{}, buckets: map[int]bucket{}}
+	return &worker{logs: newRateLog(logEvery), held: map[int]uint64{}, buckets: map[int]bucket{},
+		items: make([]item, 0, MaxBatch), ready: make([]*devices.Reading, 0, MaxBatch), of: make([]readyItem, 0, MaxBatch)}
 }
 
+// work takes messages from the worker's queue: whatever the queue holds, up
+// to MaxBatch, without waiting for more, so batching adds no latency and
+// grows only when messages arrive faster than they are handled.
 func (s *Subscriber) work(ctx context.Context, ch <-chan item) {
 	w := newWorker(s.cfg.LogInterval.D())
 	for {
 		select {
 		case it := <-ch:
-			s.process(ctx, w, it)
+			w.items = append(w.items[:0], it)
+		fill:
+			for len(w.items) < MaxBatch {
+				select {
+				case it := <-ch:
+					w.items = append(w.items, it)
+				default:
+					break fill
+				}
+			}
+			s.processBatch(ctx, w)
 		case <-s.quit:
 			return
 		}
@@ -284,12 +329,71 @@ func (s *Subscriber) work(ctx context.Context, ch <-chan item) {
 
 // process handles one message: find the asset, decode, hand on, acknowledge.
 func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
+	w.items = append(w.items[:0], it)
+	s.processBatch(ctx, w)
+}
+
+// processBatch handles w.items: each is checked and decoded (or dropped),
+// the decoded readings are handed on, in one call to a BatchHandler, and
+// acknowledged once accepted.
+func (s *Subscriber) processBatch(ctx context.Context, w *worker) {
+	w.ready, w.of = w.ready[:0], w.of[:0]
+	for k := range w.items {
+		if r, res, ok := s.decode(w, w.items[k], &w.slots[len(w.ready)]); ok {
+			w.ready = append(w.ready, r)
+			w.of = append(w.of, readyItem{item: k, res: res})
+		} else {
+			s.settled()
+		}
+	}
+	if len(w.ready) == 0 {
+		return
+	}
+	start := time.Now()
+	var err error
+	if bh, ok := s.h.(BatchHandler); ok && len(w.ready) > 1 {
+		err = bh.HandleBatch(ctx, w.ready)
+		s.m.handleDur.Observe(time.Since(start).Seconds())
+		for k, ri := range w.of {
+			s.handled(w, w.items[ri.item], w.ready[k].Asset, ri.res, err)
+		}
+		return
+	}
+	for k, r := range w.ready {
+		if k > 0 {
+			start = time.Now()
+		}
+		err = s.h.Handle(ctx, r)
+		s.m.handleDur.Observe(time.Since(start).Seconds())
+		s.handled(w, w.items[w.of[k].item], r.Asset, w.of[k].res, err)
+	}
+}
+
+// handled acknowledges a handed-on message the handler accepted (err nil),
+// or holds its asset back.
+func (s *Subscriber) handled(w *worker, it item, a *devices.Asset, res result, err error) {
 	defer s.settled()
+	if err != nil {
+		s.count(resultRejected)
+		w.held[a.Seq] = it.gen
+		s.refusedAt.CompareAndSwap(0, it.recv.UnixNano())
+		w.logs.log(s.log, rateKey{resultRejected, a.ID}, it.recv, "handler refused an mqtt reading; not acknowledged", "asset", a.ID, "err", err)
+		return
+	}
+	it.msg.Ack()
+	s.count(res)
+	s.m.readings[a.Seq].Inc()
+}
+
+// decode checks one message and decodes it into r. ok: r is ready to be
+// handed on; otherwise the message was dealt with (dropped and
+// acknowledged, held back, or stale) and only needs settling.
+func (s *Subscriber) decode(w *worker, it item, r *devices.Reading) (_ *devices.Reading, _ result, ok bool) {
 	if it.gen != s.gen.Load() {
 		// The connection it came on is gone; an ack could not reach the
 		// broker, which redelivers the message on the new connection.
 		s.stale.Add(1)
-		return
+		return nil, 0, false
 	}
 	topic := it.msg.Topic()
 	var a *devices.Asset
@@ -303,35 +407,34 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 	switch {
 	case it.tmpl < 0:
 		s.drop(w, it, resultUnknownAsset, clip(topic), "mqtt message on a topic no template matches", "topic", clip(topic))
-		return
+		return nil, 0, false
 	case a == nil:
 		who := it.asset
 		if who == "" {
 			who = topic
 		}
 		s.drop(w, it, resultUnknownAsset, clip(who), "mqtt message for an unknown asset", "topic", clip(topic), "asset", clip(it.asset))
-		return
+		return nil, 0, false
 	case a.Profile == nil || a.Profile.Transport != devices.MQTT:
 		s.drop(w, it, resultUnknownAsset, a.ID, "mqtt message for an asset that is not read over MQTT", "topic", topic, "asset", a.ID, "profile", a.Model)
-		return
+		return nil, 0, false
 	}
 	if g, ok := w.held[a.Seq]; ok {
 		if g == it.gen {
 			s.count(resultRejected) // behind a refused message of the asset: wait for the redelivery
-			return
+			return nil, 0, false
 		}
 		delete(w.held, a.Seq)
 	}
 	if rate := s.cfg.MaxMessagesPerAsset; rate > 0 && !w.allow(a.Seq, it.recv, rate) {
 		s.drop(w, it, resultRateLimited, a.ID, "mqtt messages of one asset over the rate cap dropped", "asset", a.ID, "cap_per_second", rate)
-		return
+		return nil, 0, false
 	}
 	payload := it.msg.Payload()
 	if len(payload) > s.cfg.MaxPayloadBytes {
 		s.drop(w, it, resultOversize, a.ID, "mqtt payload over the size limit dropped", "asset", a.ID, "bytes", len(payload), "limit", s.cfg.MaxPayloadBytes)
-		return
+		return nil, 0, false
 	}
-	r := &w.r
 	r.Reset(a)
 	ts, err := a.Profile.DecodeJSON(payload, r)
 	res := resultOK
@@ -345,7 +448,7 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 		s.m.decodeErrs[a.Seq].Add(float64(countErrors(err)))
 		if r.NumValid() == 0 {
 			s.drop(w, it, resultDecodeError, a.ID, "mqtt payload not decodable", "asset", a.ID, "err", err)
-			return
+			return nil, 0, false
 		}
 		w.logs.log(s.log, rateKey{resultDecodeError, a.ID}, it.recv, "mqtt payload partly decodable; handing on the good fields", "asset", a.ID, "err", err)
 	}
@@ -358,19 +461,7 @@ func (s *Subscriber) process(ctx context.Context, w *worker, it item) {
 			w.logs.log(s.log, rateKey{problemClock, a.ID}, it.recv, "mqtt payload timestamp implausible; using the receive time", "asset", a.ID, "device_time", ts, "received", it.recv)
 		}
 	}
-	start := time.Now()
-	err = s.h.Handle(ctx, r)
-	s.m.handleDur.Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.count(resultRejected)
-		w.held[a.Seq] = it.gen
-		s.refusedAt.CompareAndSwap(0, it.recv.UnixNano())
-		w.logs.log(s.log, rateKey{resultRejected, a.ID}, it.recv, "handler refused an mqtt reading; not acknowledged", "asset", a.ID, "err", err)
-		return
-	}
-	it.msg.Ack()
-	s.count(res)
-	s.m.readings[a.Seq].Inc()
+	return r, res, true
 }
 
 // clip bounds text that comes from outside (topics, unknown ids) before it

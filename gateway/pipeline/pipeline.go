@@ -20,6 +20,13 @@ type LineWriter interface {
 	Add(ctx context.Context, line []byte) error
 }
 
+// BatchLineWriter is a LineWriter that also takes several lines in one call
+// (the write-ahead log: one write for all of them). AddBatch copies the lines.
+type BatchLineWriter interface {
+	LineWriter
+	AddBatch(ctx context.Context, lines [][]byte) error
+}
+
 // Encoder appends one reading as a line-protocol line.
 type Encoder interface {
 	Append(dst []byte, r *devices.Reading) []byte
@@ -36,6 +43,7 @@ type Pipeline struct {
 	w     LineWriter
 	rules Evaluator // may be nil
 	bufs  sync.Pool
+	batch sync.Pool // *batchBuf
 
 	points  prometheus.Counter
 	empty   prometheus.Counter
@@ -46,7 +54,8 @@ type Pipeline struct {
 func New(enc Encoder, w LineWriter, rules Evaluator, reg prometheus.Registerer) (*Pipeline, error) {
 	p := &Pipeline{
 		enc: enc, w: w, rules: rules,
-		bufs: sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }},
+		bufs:  sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }},
+		batch: sync.Pool{New: func() any { return new(batchBuf) }},
 		points: prometheus.NewCounter(prometheus.CounterOpts{Name: "citygw_pipeline_points_total",
 			Help: "Readings encoded and accepted by the telemetry writer."}),
 		empty: prometheus.NewCounter(prometheus.CounterOpts{Name: "citygw_pipeline_empty_readings_total",
@@ -87,6 +96,65 @@ func (p *Pipeline) Handle(ctx context.Context, r *devices.Reading) error {
 	}
 	if p.rules != nil {
 		p.rules.Eval(ctx, r)
+	}
+	return nil
+}
+
+// batchBuf holds a batch's encoded lines: one buffer, and the lines as
+// slices of it.
+type batchBuf struct {
+	buf   []byte
+	ends  []int
+	lines [][]byte
+}
+
+// HandleBatch is Handle for several readings: it encodes them, hands the
+// lines to the writer in one AddBatch call when the writer takes batches
+// (else line by line), and then shows each reading to the rules, in order.
+// An error means the batch was not accepted as a whole (some lines may have
+// been written) and the source should acknowledge none of it.
+func (p *Pipeline) HandleBatch(ctx context.Context, rs []*devices.Reading) error {
+	bw, ok := p.w.(BatchLineWriter)
+	if !ok {
+		for _, r := range rs {
+			if err := p.Handle(ctx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	b := p.batch.Get().(*batchBuf)
+	b.buf, b.ends, b.lines = b.buf[:0], b.ends[:0], b.lines[:0]
+	empty := 0
+	for _, r := range rs {
+		n := len(b.buf)
+		b.buf = p.enc.Append(b.buf, r)
+		if len(b.buf) == n {
+			empty++
+			continue
+		}
+		b.ends = append(b.ends, len(b.buf))
+	}
+	start := 0
+	for _, end := range b.ends { // b.buf has stopped moving
+		b.lines = append(b.lines, b.buf[start:end])
+		start = end
+	}
+	err := bw.AddBatch(ctx, b.lines)
+	p.empty.Add(float64(empty))
+	if err != nil {
+		p.refused.Add(float64(len(b.lines)))
+	} else {
+		p.points.Add(float64(len(b.lines)))
+	}
+	p.batch.Put(b)
+	if err != nil {
+		return fmt.Errorf("writing a batch of %d readings: %w", len(rs), err)
+	}
+	if p.rules != nil {
+		for _, r := range rs {
+			p.rules.Eval(ctx, r)
+		}
 	}
 	return nil
 }

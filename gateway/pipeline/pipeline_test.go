@@ -107,3 +107,86 @@ func TestHandleAllocs(t *testing.T) {
 		t.Errorf("Handle allocates %v times per reading", n)
 	}
 }
+
+// batchLines records the batches; err, when set, refuses.
+type batchLines struct {
+	lines
+	batches [][]string
+}
+
+func (l *batchLines) AddBatch(_ context.Context, ls [][]byte) error {
+	if l.err != nil {
+		return l.err
+	}
+	var b []string
+	for _, x := range ls {
+		b = append(b, string(x))
+	}
+	l.batches = append(l.batches, b)
+	return nil
+}
+
+func TestHandleBatch(t *testing.T) {
+	ctx := context.Background()
+	w, ev := &batchLines{}, &evals{}
+	p, err := New(influx.NewEncoder("gw1"), w, ev, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, r2, empty := binReading(t), binReading(t), binReading(t)
+	r2.Time = r2.Time.Add(time.Second)
+	empty.Reset(empty.Asset)
+	if err := p.HandleBatch(ctx, []*devices.Reading{r1, empty, r2}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"waste_bin,asset=BIN-1,district=310101,gateway=gw1 fill_pct=42.5 1764130000000000000\n",
+		"waste_bin,asset=BIN-1,district=310101,gateway=gw1 fill_pct=42.5 1764130001000000000\n",
+	}
+	if len(w.batches) != 1 || strings.Join(w.batches[0], "") != strings.Join(want, "") || len(w.got) != 0 {
+		t.Fatalf("batches %q, single adds %q; want one batch %q", w.batches, w.got, want)
+	}
+	if len(ev.assets) != 3 || testutil.ToFloat64(p.points) != 2 || testutil.ToFloat64(p.empty) != 1 {
+		t.Errorf("rules saw %d readings, points %v, empty %v", len(ev.assets), testutil.ToFloat64(p.points), testutil.ToFloat64(p.empty))
+	}
+
+	// A refused batch is reported whole and not shown to the rules.
+	w.err = errors.New("disk full")
+	if err := p.HandleBatch(ctx, []*devices.Reading{r1, r2}); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Errorf("refused batch: err %v", err)
+	}
+	if len(ev.assets) != 3 || testutil.ToFloat64(p.refused) != 2 {
+		t.Errorf("after a refused batch the rules saw %d readings, refused %v", len(ev.assets), testutil.ToFloat64(p.refused))
+	}
+
+	// A writer without AddBatch gets the lines one by one.
+	single := &lines{}
+	p2, err := New(influx.NewEncoder("gw1"), single, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.HandleBatch(ctx, []*devices.Reading{r1, r2}); err != nil || strings.Join(single.got, "") != strings.Join(want, "") {
+		t.Errorf("line by line: %q, %v", single.got, err)
+	}
+}
+
+type discardBatch struct{ discard }
+
+func (discardBatch) AddBatch(context.Context, [][]byte) error { return nil }
+
+func TestHandleBatchAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts through sync.Pool are not meaningful under -race; run without it")
+	}
+	p, err := New(influx.NewEncoder("gw1"), discardBatch{}, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := binReading(t) // one asset: each binReading builds its own inventory
+	rs := []*devices.Reading{r, r, r}
+	ctx := context.Background()
+	p.HandleBatch(ctx, rs)
+	if n := testing.AllocsPerRun(200, func() { p.HandleBatch(ctx, rs) }); n != 0 {
+		t.Errorf("HandleBatch allocates %v times per batch", n)
+	}
+}
