@@ -106,8 +106,28 @@ type Rules struct {
 	// but open no case while the silence lasts.
 	Silences []rules.Silence `yaml:"silences,omitempty"`
 	// EvalBudget: a reading whose rules take longer is counted
-	// (citygw_rule_eval_over_budget_total) and logged; default 50ms, 0s = off.
-	EvalBudget *yamlconf.Duration `yaml:"eval_budget,omitempty"`
+	// (citygw_rule_eval_over_budget_total) and logged, and its asset's next
+	// readings are timed rule by rule: a rule over the budget
+	// QuarantineAfter times within QuarantineWindow is quarantined (no longer
+	// evaluated) until the next reload. Default 50ms, 0s = off.
+	EvalBudget       *yamlconf.Duration `yaml:"eval_budget,omitempty"`
+	QuarantineAfter  int                `yaml:"quarantine_after,omitempty"`  // default 3
+	QuarantineWindow yamlconf.Duration  `yaml:"quarantine_window,omitempty"` // default 10m
+	// DisplaySamples is how many recent values of every numeric field of
+	// every asset the gateway keeps for the status page's sparklines
+	// (default 16, about 40 bytes per field and asset; 0 = off).
+	DisplaySamples *int `yaml:"display_samples,omitempty"`
+}
+
+// DisplayHistory is DisplaySamples as rules.Options wants it (negative: off).
+func (r Rules) DisplayHistory() int {
+	switch {
+	case r.DisplaySamples == nil:
+		return 16
+	case *r.DisplaySamples <= 0:
+		return -1
+	}
+	return *r.DisplaySamples
 }
 
 // Cases configures the case client: where anomaly episodes become cases.
@@ -285,6 +305,9 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 	if c.Rules.EvalBudget == nil {
 		d := yamlconf.Duration(50 * time.Millisecond)
 		c.Rules.EvalBudget = &d
+	}
+	if c.Rules.QuarantineAfter < 0 || c.Rules.QuarantineWindow < 0 {
+		add("$.rules.quarantine_after", "rules.quarantine_after", "quarantine_after and quarantine_window must not be negative")
 	}
 	if c.WAL.Dir == "" {
 		c.WAL.Dir = filepath.Join(c.Gateway.DataDir, "wal") // DataDir is resolved already

@@ -98,8 +98,18 @@ func Diff(old, nw *Deployment) Changes {
 			if !reflect.DeepEqual(or.Files, nr.Files) || !reflect.DeepEqual(or.Silences, nr.Silences) {
 				ch.Rules = true
 			}
-			if !reflect.DeepEqual(or.EvalBudget, nr.EvalBudget) {
-				ch.Restart = append(ch.Restart, "rules.eval_budget")
+			for _, k := range []struct {
+				name    string
+				changed bool
+			}{
+				{"rules.eval_budget", !reflect.DeepEqual(or.EvalBudget, nr.EvalBudget)},
+				{"rules.quarantine_after", or.QuarantineAfter != nr.QuarantineAfter},
+				{"rules.quarantine_window", or.QuarantineWindow != nr.QuarantineWindow},
+				{"rules.display_samples", or.DisplayHistory() != nr.DisplayHistory()},
+			} {
+				if k.changed {
+					ch.Restart = append(ch.Restart, k.name)
+				}
 			}
 		default:
 			if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) || old.sums[name] != nw.sums[name] {

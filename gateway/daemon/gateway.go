@@ -115,11 +115,14 @@ func build(d *Deployment, log *slog.Logger) (*Gateway, error) {
 	}
 	if len(d.RuleFiles) > 0 {
 		g.engine, err = rules.NewEngine(rules.Options{
-			Location:   c.Gateway.Location,
-			Sink:       sink,
-			Silences:   c.Rules.Silences,
-			EvalBudget: c.Rules.EvalBudget.D(),
-			StatePath:  c.Gateway.DataDir + "/rules.db",
+			Location:         c.Gateway.Location,
+			Sink:             sink,
+			Silences:         c.Rules.Silences,
+			EvalBudget:       c.Rules.EvalBudget.D(),
+			QuarantineAfter:  c.Rules.QuarantineAfter,
+			QuarantineWindow: c.Rules.QuarantineWindow.D(),
+			DisplaySamples:   c.Rules.DisplayHistory(),
+			StatePath:        c.Gateway.DataDir + "/rules.db",
 		}, d.Catalog, d.Inventory, g.reg, log.With("component", "rules"))
 		if err != nil {
 			return nil, fmt.Errorf("starting the rule engine: %w", err)
