@@ -1,7 +1,10 @@
 package influx
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/binary"
+	"fmt"
 	"testing"
 	"time"
 
@@ -156,4 +159,45 @@ func streetlightPoll(b *testing.B, p *devices.Profile) map[devices.Table][]byte 
 		}
 	}
 	return raw
+}
+
+// BenchmarkGzip compresses a batch of 5,000 bin lines as the writer does, at
+// the default gzip_level (1) and at the library default (6): CPU per line
+// against the compression ratio.
+func BenchmarkGzip(b *testing.B) {
+	var lines []byte
+	inv := testInventory(b)
+	e := NewEncoder("gw-demo-01")
+	e.Prepare(inv)
+	bin := inv.Lookup("bin-0042")
+	r := &devices.Reading{}
+	for i := range 5000 {
+		r.Reset(bin)
+		payload := fmt.Appendf(nil, `{"fill":{"pct":%d.5,"dist_cm":%d},"temp_c":21.%d,"tilt_deg":2.0,"lid_open":false,`+
+			`"battery":{"pct":88,"v":3.61},"radio":{"rssi":-%d,"snr":7.5},"fw":"3.1.4"}`, i%90, i%200, i%10, 80+i%20)
+		if _, err := bin.Profile.DecodeJSON(payload, r); err != nil {
+			b.Fatal(err)
+		}
+		r.Time = time.Unix(1_764_130_000+int64(i), 0)
+		lines = e.Append(lines, r)
+	}
+	for _, c := range []struct {
+		name  string
+		level int
+	}{{"level=1", gzip.BestSpeed}, {"level=6", gzip.DefaultCompression}} {
+		level := c.level
+		b.Run(c.name, func(b *testing.B) {
+			var out bytes.Buffer
+			zw, _ := gzip.NewWriterLevel(&out, level)
+			b.SetBytes(int64(len(lines)))
+			for b.Loop() {
+				out.Reset()
+				zw.Reset(&out)
+				zw.Write(lines)
+				zw.Close()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*5000), "ns/line")
+			b.ReportMetric(float64(len(lines))/float64(out.Len()), "ratio")
+		})
+	}
 }
