@@ -671,6 +671,12 @@ func (e *Engine) ruleError(cr *compiledRule, a *devices.Asset, err error) {
 // observe records asset a's condition for a rule and advances the series.
 func (e *Engine) observe(cr *compiledRule, a *devices.Asset, cond bool, now time.Time, c *evalCtx) {
 	rs := cr.st
+	if !cond && rs.nseries.Load() == 0 {
+		// No series at all: none to leave and none to start. (A series
+		// created meanwhile by another asset does not count a's
+		// membership: a's own evaluations are serialised.)
+		return
+	}
 	key := cr.key(a)
 	rs.mu.Lock()
 	s := rs.series[key]
@@ -680,7 +686,7 @@ func (e *Engine) observe(cr *compiledRule, a *devices.Asset, cond bool, now time
 			return
 		}
 		s = &series{key: key, labels: cr.groupLabels(key, a), members: map[int]struct{}{}}
-		rs.series[key] = s
+		rs.setSeries(key, s)
 	}
 	if cond {
 		if _, ok := s.members[a.Seq]; !ok {
@@ -700,7 +706,7 @@ func (e *Engine) observe(cr *compiledRule, a *devices.Asset, cond bool, now time
 	}
 	e.advance(cr, s, len(s.members) >= cr.need(key), now, c, out)
 	if s.state == Inactive && len(s.members) == 0 {
-		delete(rs.series, key)
+		rs.deleteSeries(key)
 	}
 	rs.mu.Unlock()
 	if c == nil && len(*out) > 0 {
@@ -994,7 +1000,7 @@ func (e *Engine) Tick(ctx context.Context, now time.Time) {
 				}
 			}
 			if s.state == Inactive && len(s.members) == 0 {
-				delete(rs.series, key)
+				rs.deleteSeries(key)
 				continue
 			}
 			counts[s.state]++

@@ -147,7 +147,7 @@ func (e *Engine) restore(cr *compiledRule, rec *ruleRecord) {
 		if s.labels == nil {
 			s.labels = map[string]string{"asset": s.key}
 		}
-		cr.st.series[s.key] = s
+		cr.st.setSeries(s.key, s)
 		if s.state == Firing {
 			e.setFiring(cr, s, true)
 		}

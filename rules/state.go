@@ -115,8 +115,12 @@ type series struct {
 // ruleState is a rule's series; it moves to the new compiled rule on a
 // reload when the rule's fingerprint is unchanged.
 type ruleState struct {
-	mu      sync.Mutex
-	series  map[string]*series
+	mu     sync.Mutex
+	series map[string]*series
+	// nseries is len(series), kept by setSeries and deleteSeries, so that
+	// a false condition on a rule without any series (nearly always)
+	// costs no lock and no lookup.
+	nseries atomic.Int32
 	lastErr atomic.Int64 // unix ns of the last run-time error
 	lastLog atomic.Int64
 	dropped atomic.Int64 // errors not logged since the last log line
@@ -124,6 +128,18 @@ type ruleState struct {
 }
 
 func newRuleState() *ruleState { return &ruleState{series: map[string]*series{}} }
+
+// setSeries adds or replaces a series. Called with rs.mu held.
+func (rs *ruleState) setSeries(key string, s *series) {
+	rs.series[key] = s
+	rs.nseries.Store(int32(len(rs.series)))
+}
+
+// deleteSeries removes a series. Called with rs.mu held.
+func (rs *ruleState) deleteSeries(key string) {
+	delete(rs.series, key)
+	rs.nseries.Store(int32(len(rs.series)))
+}
 
 // episodeID names an episode: the same rule, group and start always give
 // the same id, across retries, restarts and replicas.
