@@ -1,5 +1,6 @@
 // Package admin serves the gateway's admin HTTP endpoints: Prometheus
-// metrics, liveness and readiness probes, and a JSON status document. It
+// metrics, liveness and readiness probes, a JSON status document and Go's
+// profiler (/debug/pprof/). It
 // binds to loopback unless configured otherwise, and can require a bearer
 // token on everything but the probes.
 package admin
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -47,6 +49,13 @@ func New(gatherer prometheus.Gatherer, token string, log *slog.Logger) *Server {
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /status", s.auth(http.HandlerFunc(s.statusJSON)))
+	// Go's profiler, as Prometheus serves it, behind the token when one is
+	// set: `go tool pprof http://127.0.0.1:9273/debug/pprof/heap`.
+	s.mux.Handle("GET /debug/pprof/", s.auth(http.HandlerFunc(pprof.Index)))
+	s.mux.Handle("GET /debug/pprof/cmdline", s.auth(http.HandlerFunc(pprof.Cmdline)))
+	s.mux.Handle("GET /debug/pprof/profile", s.auth(http.HandlerFunc(pprof.Profile)))
+	s.mux.Handle("GET /debug/pprof/symbol", s.auth(http.HandlerFunc(pprof.Symbol)))
+	s.mux.Handle("GET /debug/pprof/trace", s.auth(http.HandlerFunc(pprof.Trace)))
 	return s
 }
 

@@ -55,6 +55,9 @@ func TestEndpoints(t *testing.T) {
 		{"/status", "", 401, ""},
 		{"/status", "Basic " + base64.StdEncoding.EncodeToString([]byte("ops:tok")), 200, `"assets": 7`},
 		{"/status", "Basic " + base64.StdEncoding.EncodeToString([]byte("ops:nope")), 401, ""},
+		{"/debug/pprof/", "", 401, ""},
+		{"/debug/pprof/", "Bearer tok", 200, "heap"},
+		{"/debug/pprof/heap?debug=1", "Bearer tok", 200, "heap profile"},
 	}
 	for _, tt := range tests {
 		code, body := get(tt.path, tt.auth)
