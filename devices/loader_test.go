@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -263,4 +264,72 @@ func FuzzParseInventory(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A big YAML inventory is parsed in chunks: the same assets as one piece,
+// and errors at the file's own lines, whichever chunk they are in.
+func TestInventoryYAMLChunks(t *testing.T) {
+	cat, err := LoadBuiltinCatalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString("# a city\nassets:\n")
+	lineOf := map[int]int{} // asset index -> line of its "- id:"
+	line := 3
+	n := 3*inventoryChunk + 17
+	for i := range n {
+		lineOf[i] = line
+		fmt.Fprintf(&b, "  - id: BIN-%05d\n    profile: binsense-ws3\n    lat: 31.2\n    lon: 121.4\n", i)
+		line += 4
+		if i%100 == 0 {
+			b.WriteString("    # a comment inside an item\n\n")
+			line += 2
+		}
+	}
+	good := b.String()
+	chunks, ok := splitInventoryYAML([]byte(good))
+	if !ok || len(chunks) != 4 {
+		t.Fatalf("split into %d chunks (ok %v), want 4", len(chunks), ok)
+	}
+	inv, err := ParseInventoryYAML("inv.yaml", []byte(good), cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Len() != n {
+		t.Fatalf("%d assets, want %d", inv.Len(), n)
+	}
+	for _, i := range []int{0, inventoryChunk - 1, inventoryChunk, 2*inventoryChunk + 5, n - 1} {
+		a := inv.Assets[i]
+		if a.ID != fmt.Sprintf("BIN-%05d", i) || a.Line != lineOf[i] {
+			t.Errorf("asset %d: %s at line %d, want BIN-%05d at line %d", i, a.ID, a.Line, i, lineOf[i])
+		}
+	}
+	// The same file in flow style is parsed whole, to the same assets.
+	flow := "assets: [" + strings.TrimSuffix(strings.Repeat("{id: X, profile: binsense-ws3, lat: 31.2, lon: 121.4},", 1), ",") + "]\n"
+	if _, ok := splitInventoryYAML([]byte(flow)); ok {
+		t.Error("flow style was split")
+	}
+	if inv, err := ParseInventoryYAML("flow.yaml", []byte(flow), cat); err != nil || inv.Len() != 1 {
+		t.Errorf("flow style: %v", err)
+	}
+
+	// Errors in a later chunk name the file's line.
+	bad := strings.Replace(good, fmt.Sprintf("  - id: BIN-%05d\n    profile: binsense-ws3\n    lat: 31.2\n", 2*inventoryChunk+5),
+		fmt.Sprintf("  - id: BIN-%05d\n    profile: binsense-ws3\n    lat: 95.0\n", 2*inventoryChunk+5), 1)
+	_, err = ParseInventoryYAML("inv.yaml", []byte(bad), cat)
+	want := fmt.Sprintf("inv.yaml:%d:", lineOf[2*inventoryChunk+5]+2)
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "lat") {
+		t.Errorf("bad latitude: %v, want an error at %s", err, want)
+	}
+	unknown := strings.Replace(good, fmt.Sprintf("  - id: BIN-%05d\n", 3*inventoryChunk+2), fmt.Sprintf("  - id: BIN-%05d\n    colour: red\n", 3*inventoryChunk+2), 1)
+	_, err = ParseInventoryYAML("inv.yaml", []byte(unknown), cat)
+	want = fmt.Sprintf("inv.yaml:%d:", lineOf[3*inventoryChunk+2]+1)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("unknown key: %v, want an error at %s", err, want)
+	}
+	dup := good + "  - id: BIN-00003\n    profile: binsense-ws3\n    lat: 31.2\n    lon: 121.4\n"
+	if _, err := ParseInventoryYAML("inv.yaml", []byte(dup), cat); err == nil || !strings.Contains(err.Error(), "BIN-00003") {
+		t.Errorf("duplicate id across chunks: %v", err)
+	}
 }
