@@ -34,8 +34,17 @@ type Options struct {
 	Systems  []string // systems to measure, in order: ceiling, citygw, telegraf
 	Messages int      // burst: messages in all (0: the scenario's default)
 	Assets   int      // assets (0: the scenario's default)
-	Conns    int      // publisher connections
-	InFlight int      // publisher in-flight window per connection
+	// Steady plan (steady, outage, memory): each asset once per Interval of
+	// simulated time for Duration of simulated time, Speed simulated
+	// seconds per wall second (0: the scenario's defaults).
+	Interval time.Duration
+	Duration time.Duration
+	Speed    float64
+	// Outage is how long InfluxDB stays stopped in the outage scenario (0:
+	// 60 s).
+	Outage   time.Duration
+	Conns    int // publisher connections
+	InFlight int // publisher in-flight window per connection
 	// BatchSize and FlushInterval are citygw's InfluxDB batching
 	// (configs/gateway.yaml) and Telegraf's.
 	BatchSize     int
@@ -79,7 +88,10 @@ type Scenario interface {
 // file and gets a line here.
 func Scenarios() map[string]Scenario {
 	return map[string]Scenario{
-		"burst": burst{},
+		"burst":   burst{},
+		"steady":  steady{},
+		"outage":  outage{},
+		"memory":  memory{},
 	}
 }
 
@@ -177,6 +189,7 @@ func (o *Options) has(system string) bool { return slices.Contains(o.Systems, sy
 // system's figures. Its JSON form is the -out file.
 type Report struct {
 	Scenario string             `json:"scenario"`
+	Command  string             `json:"command,omitempty"` // the command line that produced it
 	Date     time.Time          `json:"date"`
 	Machine  Machine            `json:"machine"`
 	Params   map[string]any     `json:"params"`
@@ -192,6 +205,7 @@ type Machine struct {
 	LoadAvg   string `json:"loadavg_before"` // /proc/loadavg when the scenario started
 	LoadAfter string `json:"loadavg_after"`
 	Kernel    string `json:"kernel"`
+	MemoryMB  int64  `json:"memory_mb"` // MemTotal
 	GoVersion string `json:"go"`
 }
 
@@ -330,6 +344,7 @@ func (r *Report) Markdown(w io.Writer) {
 			cell("system", func(p *ProcResult) string { return fmt.Sprintf("%.0f", p.PeakRSSMB) }),
 			cell("broker", perM), cell("database", perM), cell("publisher", perM))
 	}
+	r.markdownExtra(w)
 	if len(r.Ratios) > 0 {
 		fmt.Fprintln(w)
 		keys := make([]string, 0, len(r.Ratios))
@@ -365,6 +380,16 @@ func machine() Machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = "Linux " + strings.TrimSpace(string(b))
 	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+				var kb int64
+				fmt.Sscan(strings.TrimSpace(v), &kb)
+				m.MemoryMB = kb / 1024
+				break
+			}
+		}
+	}
 	return m
 }
 
@@ -378,4 +403,41 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// markdownExtra renders the systems' Extra figures (scenario-specific, such
+// as lag or backlog) as one table: a row per system that has any, a column
+// per key.
+func (r *Report) markdownExtra(w io.Writer) {
+	var keys []string
+	for _, s := range r.Systems {
+		for k := range s.Extra {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	slices.Sort(keys)
+	fmt.Fprintf(w, "\n| system | %s |\n", strings.Join(keys, " | "))
+	fmt.Fprintf(w, "| --- |%s\n", strings.Repeat(" ---: |", len(keys)))
+	for _, s := range r.Systems {
+		if len(s.Extra) == 0 {
+			continue
+		}
+		cells := make([]string, len(keys))
+		for i, k := range keys {
+			switch v := s.Extra[k].(type) {
+			case nil:
+				cells[i] = "–"
+			case float64:
+				cells[i] = fmt.Sprintf("%.1f", v)
+			default:
+				cells[i] = strings.ReplaceAll(fmt.Sprint(v), "|", "/")
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s |\n", s.System, strings.Join(cells, " | "))
+	}
 }

@@ -45,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	scenario := fs.String("scenario", "burst", "scenario: "+strings.Join(names, ", "))
+	scenario := fs.String("scenario", "burst", "scenario, a comma-separated list of them, or all: "+strings.Join(names, ", "))
 	messages := fs.Int("messages", 0, "messages in all (0: the scenario's default; burst 1,000,000)")
 	assets := fs.Int("assets", 0, "assets (0: the scenario's default; burst 10,000)")
 	systems := fs.String("systems", strings.Join(citybench.AllSystems(), ","), "systems to measure, in order")
@@ -58,33 +58,115 @@ func run(args []string, stdout, stderr io.Writer) error {
 	flush := fs.Duration("flush-interval", citybench.DefaultFlushInterval, "InfluxDB flush interval of citygw and Telegraf (configs/gateway.yaml influxdb.flush_interval)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "fail when points are still missing this long after the publisher finished")
 	noBuild := fs.Bool("no-build", false, "reuse the gateway and firmware-sim binaries in the work directory instead of running go build")
+	interval := fs.Duration("interval", 0, "steady, outage, memory: each asset once per this much simulated time (0: 1m)")
+	duration := fs.Duration("duration", 0, "steady, outage: simulated time (0: 10m); memory: 0 runs until the rules' windows and the display history are full")
+	speed := fs.Float64("speed", 0, "steady, outage, memory: simulated seconds per wall second (0: steady 10, outage 5, memory 10)")
+	outage := fs.Duration("outage", 0, "outage: how long InfluxDB stays stopped (0: 60s)")
+	markdown := fs.String("markdown", "", "write BENCHMARKS.md-style Markdown of the scenarios run (and of -reports) to this file")
+	reports := fs.String("reports", "", "comma-separated JSON reports (from -out) to include in -markdown; with no -scenario given, nothing runs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	sc, ok := scenarios[*scenario]
-	if !ok {
-		return fmt.Errorf("unknown scenario %q (want %s)", *scenario, strings.Join(names, ", "))
+	var run []string
+	scenarioSet := false
+	fs.Visit(func(f *flag.Flag) { scenarioSet = scenarioSet || f.Name == "scenario" })
+	if *reports == "" || scenarioSet {
+		for _, n := range strings.Split(*scenario, ",") {
+			if n == "all" {
+				run = append(run, citybench.ScenarioNames()...)
+				continue
+			}
+			if _, ok := scenarios[n]; !ok {
+				return fmt.Errorf("unknown scenario %q (want %s, or all)", n, strings.Join(names, ", "))
+			}
+			run = append(run, n)
+		}
+	}
+	var done []*citybench.Report
+	if *reports != "" {
+		if *markdown == "" {
+			return errors.New("-reports needs -markdown FILE")
+		}
+		for _, f := range strings.Split(*reports, ",") {
+			r, err := citybench.ReadReport(f)
+			if err != nil {
+				return err
+			}
+			done = append(done, r)
+		}
+	}
+	command := "go run ./gateway/cmd/citybench " + citybench.CommandLine(args)
+	writeMarkdown := func() error {
+		if *markdown == "" {
+			return nil
+		}
+		var buf strings.Builder
+		citybench.WriteBenchmarks(&buf, done, command)
+		if err := os.WriteFile(*markdown, []byte(buf.String()), 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "citybench: wrote %s\n", *markdown)
+		return nil
+	}
+	if len(run) == 0 {
+		return writeMarkdown()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts := citybench.Options{Repo: *repo, Work: *work, Systems: strings.Split(*systems, ","), Messages: *messages, Assets: *assets,
 		Conns: *conns, InFlight: *inflight, BatchSize: *batch, FlushInterval: *flush, Timeout: *timeout, NoBuild: *noBuild,
+		Interval: *interval, Duration: *duration, Speed: *speed, Outage: *outage,
 		Progress: stderr, Log: slog.New(slog.NewTextHandler(stderr, nil))}
 	b, err := citybench.New(ctx, opts)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "citybench: %s; work directory %s\n", sc.Describe(&b.Opts), b.Opts.Work)
-	rep, runErr := sc.Run(ctx, b)
-	if rep != nil {
-		fmt.Fprintln(stdout)
-		rep.Markdown(stdout)
-		if *out != "" {
-			if err := rep.WriteJSON(*out); err != nil {
-				return errors.Join(runErr, err)
+	var errs []error
+	for _, name := range run {
+		sc := scenarios[name]
+		fmt.Fprintf(stderr, "citybench: %s; work directory %s\n", sc.Describe(&b.Opts), b.Opts.Work)
+		rep, runErr := sc.Run(ctx, b)
+		if runErr != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, runErr))
+		}
+		if rep != nil {
+			rep.Command = command
+			fmt.Fprintln(stdout)
+			rep.Markdown(stdout)
+			// Every report's raw figures stay in the work directory too.
+			files := []string{filepath.Join(b.Opts.Work, name+".json")}
+			if *out != "" {
+				files = append(files, outFile(*out, name, len(run) > 1))
 			}
-			fmt.Fprintf(stderr, "citybench: raw figures in %s\n", *out)
+			for _, f := range files {
+				if err := rep.WriteJSON(f); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(stderr, "citybench: raw figures in %s\n", f)
+			}
+			done = append(done, rep)
+		}
+		if ctx.Err() != nil {
+			break
 		}
 	}
-	return runErr
+	if err := writeMarkdown(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// outFile is -out's file for a scenario: the name as given for one
+// scenario, else with the scenario's name before the extension (or in
+// place of {scenario}).
+func outFile(out, scenario string, several bool) string {
+	if strings.Contains(out, "{scenario}") {
+		return strings.ReplaceAll(out, "{scenario}", scenario)
+	}
+	if !several {
+		return out
+	}
+	ext := filepath.Ext(out)
+	return strings.TrimSuffix(out, ext) + "-" + scenario + ext
 }
