@@ -89,6 +89,8 @@ type Scenario interface {
 func Scenarios() map[string]Scenario {
 	return map[string]Scenario{
 		"burst":   burst{},
+		"latency": latency{},
+		"modbus":  modbusScale{},
 		"steady":  steady{},
 		"outage":  outage{},
 		"memory":  memory{},
