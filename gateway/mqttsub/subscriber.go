@@ -311,14 +311,10 @@ func (s *Subscriber) work(ctx context.Context, ch <-chan item) {
 		select {
 		case it := <-ch:
 			w.items = append(w.items[:0], it)
-		fill:
-			for len(w.items) < MaxBatch {
-				select {
-				case it := <-ch:
-					w.items = append(w.items, it)
-				default:
-					break fill
-				}
+			// This worker is the queue's only reader: what len reports is
+			// there to take without blocking (and without a select each).
+			for len(w.items) < MaxBatch && len(ch) > 0 {
+				w.items = append(w.items, <-ch)
 			}
 			s.processBatch(ctx, w)
 		case <-s.quit:
