@@ -149,7 +149,7 @@ func (b *Bench) runSteady(ctx context.Context, scenario, sys string, inv *Invent
 		res.Extra["publish_s"] = round1(res.Publisher.Duration)
 	}
 	if res.Seconds > 0 {
-		res.Extra["kept_up_pct"] = round1(100 * res.PointsPerS / p.Offered())
+		res.Extra["pct_of_offered"] = round1(100 * res.PointsPerS / p.Offered())
 	}
 	for _, f := range inspect {
 		if err := f(st, res); err != nil {

@@ -1,0 +1,194 @@
+package citybench
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSteadyPlan(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		o       Options
+		want    steadyPlan
+		points  int64
+		wall    time.Duration
+		offered float64
+	}{
+		{"defaults", Options{}, steadyPlan{126000, time.Minute, 10 * time.Minute, 10}, 1260000, time.Minute, 21000},
+		{"overrides", Options{Assets: 1000, Interval: 5 * time.Second, Duration: 2 * time.Minute, Speed: 4},
+			steadyPlan{1000, 5 * time.Second, 2 * time.Minute, 4}, 24000, 30 * time.Second, 800},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := plan(&tc.o, steadyDuration, steadySpeed)
+			if p != tc.want {
+				t.Fatalf("plan = %+v, want %+v", p, tc.want)
+			}
+			if p.Points() != tc.points || p.Wall() != tc.wall || p.Offered() != tc.offered {
+				t.Errorf("points %d wall %v offered %v, want %d %v %v", p.Points(), p.Wall(), p.Offered(), tc.points, tc.wall, tc.offered)
+			}
+			b := &Bench{Opts: Options{Conns: 2, InFlight: 1000}, CityFile: "city.yaml"}
+			args := strings.Join(p.Args(b), " ")
+			for _, w := range []string{"-assets " + fmt.Sprint(tc.want.Assets), "-interval " + tc.want.Interval.String(),
+				"-duration " + tc.want.Duration.String(), "-speed " + fmt.Sprint(tc.want.Speed)} {
+				if !strings.Contains(args, w) {
+					t.Errorf("publisher args %q lack %q", args, w)
+				}
+			}
+		})
+	}
+}
+
+// The memory scenario fills the longest window of the shipped waste-bin
+// rules; the shipped rules have delta(temperature_c, "10m").
+func TestLongestWindow(t *testing.T) {
+	d, where, err := longestWindow(filepath.Join(repoRoot(t), "configs", "rules"), "waste_bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d != 10*time.Minute || !strings.Contains(where, "waste_bin.yaml") {
+		t.Errorf("longest waste_bin window %v (%s), want 10m in waste_bin.yaml", d, where)
+	}
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"a.yaml": "rules:\n  - id: a\n    kind: waste_bin\n    when: avg(fill_pct, \"90m\") > 1 && delta(tilt_deg, \"2h\") > 0\n",
+		"b.yaml": "rules:\n  - id: b\n    kind: streetlight\n    when: avg(current_a, \"24h\") > 1\n",
+		"c.yaml": "rules:\n  - id: c\n    kind: waste_bin\n    when: fill_pct > 1\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, where, err = longestWindow(dir, "waste_bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d != 2*time.Hour || !strings.Contains(where, "a.yaml") {
+		t.Errorf("longest window %v (%s), want 2h in a.yaml (the streetlight's 24h is another kind)", d, where)
+	}
+	fill, why, err := memory{}.fill(dir, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fill != 2*time.Hour+2*time.Minute || why == "" {
+		t.Errorf("fill = %v (%s), want 2h2m", fill, why)
+	}
+}
+
+func TestProcMemory(t *testing.T) {
+	rss, hwm, err := procMemory(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rss <= 0 || hwm < rss {
+		t.Errorf("VmRSS %d VmHWM %d: want 0 < RSS <= HWM", rss, hwm)
+	}
+	if _, _, err := procMemory(-1); err == nil {
+		t.Error("no error for a process that does not exist")
+	}
+}
+
+func TestScrapeGauge(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "# HELP citygw_wal_backlog_points x\n# TYPE citygw_wal_backlog_points gauge\n"+
+			"citygw_wal_backlog_points_total 7\ncitygw_wal_backlog_points 12345\ngo_memstats_heap_inuse_bytes 1.048576e+08\n")
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name string
+		want float64
+		ok   bool
+	}{
+		{"citygw_wal_backlog_points", 12345, true},
+		{"go_memstats_heap_inuse_bytes", 104857600, true},
+		{"citygw_missing", 0, false},
+	} {
+		v, err := scrapeGauge(srv.URL, tc.name)
+		if (err == nil) != tc.ok || v != tc.want {
+			t.Errorf("%s = %v, %v; want %v (ok %v)", tc.name, v, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestWriteBenchmarks(t *testing.T) {
+	burst := &Report{Scenario: "burst", Command: "go run ./gateway/cmd/citybench -scenario burst", Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC),
+		Machine: Machine{CPUs: 2, CPUModel: "Test CPU", MemoryMB: 4096, LoadAvg: "0.1 0.2 0.3", LoadAfter: "1.0 1.0 1.0", Kernel: "Linux x", GoVersion: "go1.26"},
+		Systems: []*SystemResult{
+			{System: SysCeiling, Points: 100, Seconds: 1, PointsPerS: 100},
+			{System: SysCitygw, Points: 100, Seconds: 1, PointsPerS: 95, Procs: []ProcResult{{Role: "system", CPUPerMillion: 2, PeakRSSMB: 50}}},
+			{System: SysTelegraf, Points: 100, Seconds: 2, PointsPerS: 50, Procs: []ProcResult{{Role: "system", CPUPerMillion: 5, PeakRSSMB: 300}}},
+		}}
+	burst.ComputeRatios()
+	mem := &Report{Scenario: "memory", Params: map[string]any{"assets": 126000, "windows_full": "10m"},
+		Systems: []*SystemResult{{System: SysCitygw, Points: 10, Extra: map[string]any{"rss_mb": 250.0, "hwm_mb": 320.0, "heap_inuse_mb": 100.0}}}}
+	var b strings.Builder
+	WriteBenchmarks(&b, []*Report{mem, burst}, "go run ./gateway/cmd/citybench -reports x -markdown BENCHMARKS.md")
+	out := b.String()
+	if !strings.HasPrefix(out, BenchmarksMarker+"\n") {
+		t.Errorf("no marker first:\n%.200s", out)
+	}
+	for _, want := range []string{
+		"- CPUs (nproc): 2, Test CPU", "- memory: 4096 MB",
+		"go run ./gateway/cmd/citybench -scenario burst",
+		"| end-to-end points/s ≥ 90% of the broker ceiling (burst) | citygw/ceiling points_per_s = 0.95 | yes |",
+		"| end-to-end points/s ≥ 1.5× Telegraf's (burst) | citygw/telegraf points_per_s = 1.90 | yes |",
+		"| gateway CPU s per M points ≤ 1/5 of Telegraf's (burst) | citygw/telegraf cpu_per_million = 0.40 | **no** |",
+		"| gateway peak RSS ≤ 1/3 of Telegraf's (burst) | citygw/telegraf peak_rss = 0.17 | yes |",
+		"VmRSS 250 MB, VmHWM 320 MB", "yes (VmRSS); peak VmHWM **no**",
+		"### steady\n\nNot run in this report.", "### outage\n\nNot run in this report.",
+		"outage not run in this report",
+		"## How to regenerate",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("BENCHMARKS.md lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "### burst") > strings.Index(out, "### memory") {
+		t.Error("sections not in scenario order (burst before memory)")
+	}
+}
+
+// The outage scenario end to end on a small city: InfluxDB really goes
+// away and comes back, and citygw loses nothing.
+func TestOutageSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts mosquitto, influxd and the gateway")
+	}
+	for _, tool := range []string{"mosquitto", "influxd"} {
+		if _, err := LookTool(tool); err != nil {
+			t.Skip(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, err := New(ctx, Options{Repo: repoRoot(t), Work: t.TempDir(), Systems: []string{SysCitygw},
+		Assets: 200, Interval: 5 * time.Second, Duration: time.Minute, Speed: 4, Outage: 4 * time.Second,
+		Timeout: 2 * time.Minute, Progress: &logWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := outage{}.Run(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := rep.System(SysCitygw)
+	if s == nil || s.Points != 2400 {
+		t.Fatalf("citygw result %+v, want 2400 points", s)
+	}
+	if s.Extra["lost_points"] != int64(0) {
+		t.Errorf("lost %v points", s.Extra["lost_points"])
+	}
+	// Points arrive during the outage at 40/s: the WAL must have held some.
+	if wal, _ := s.Extra["peak_wal_backlog_points"].(int64); wal <= 0 {
+		t.Errorf("peak WAL backlog %v during a %v outage", s.Extra["peak_wal_backlog_points"], 4*time.Second)
+	}
+	if a, _ := s.Extra["outage_actual_s"].(float64); a < 4 {
+		t.Errorf("InfluxDB was down %v s, want at least 4", s.Extra["outage_actual_s"])
+	}
+}
