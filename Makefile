@@ -5,7 +5,7 @@ GO      ?= go
 TIMEOUT ?= 25m
 PKGS    ?= ./...
 
-.PHONY: all build tools test vet e2e bench fuzz demo clean
+.PHONY: all build tools tools-bench test vet e2e bench citybench fuzz demo clean
 
 all: build
 
@@ -24,6 +24,9 @@ vet:
 # gateway processes), with the race detector.
 test: tools vet
 	$(GO) test -race -timeout $(TIMEOUT) $(PKGS)
+	# The hot paths' allocation tests once more without -race, whose
+	# sync.Pool drops items on purpose (some of them skip under -race).
+	$(GO) test -count=1 -run 'Allocs|NotAllocate' ./devices ./gateway/... ./rules
 	$(GO) run ./rules/cmd/rules check configs/rules/*.yaml
 	$(GO) run ./rules/cmd/rules test configs/rules/tests/*.yaml
 
@@ -32,7 +35,16 @@ e2e: tools
 	$(GO) test -race -count=1 -v -timeout 15m -run TestEndToEnd ./gateway/e2e
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./devices ./gateway/influx ./gateway/modbuspoll ./gateway/mqttsub ./rules
+	$(GO) test -run '^$$' -bench . -benchmem ./devices ./gateway/influx ./gateway/modbuspoll ./gateway/mqttsub ./gateway/pipeline ./gateway/wal ./rules
+
+# Telegraf v1.37.2 for the city benchmark (many minutes, once; cached beside influxd).
+tools-bench:
+	CITYGW_TOOLS_BENCH=1 bash scripts/tools.sh
+
+# The city benchmark (issue 6): every scenario against Telegraf and the broker's
+# ceiling, rewriting BENCHMARKS.md. Takes about half an hour; not part of `make test`.
+citybench: tools-bench
+	$(GO) run ./gateway/cmd/citybench -scenario all -markdown BENCHMARKS.md -out bench-results.json
 
 # Each fuzz target briefly (FUZZTIME each); the seed corpora also run in `make test`.
 FUZZTIME ?= 10s
