@@ -75,6 +75,13 @@ type ModbusScale struct {
 	// (citygw_modbus_poll_lag_seconds, interpolated in its buckets).
 	LagP50 float64 `json:"lag_p50_s"`
 	LagP99 float64 `json:"lag_p99_s"`
+	// Request round trips (citygw_modbus_request_duration_seconds over all
+	// endpoints, interpolated in its buckets). A port's devices are polled
+	// one request at a time, as on the serial bus behind a converter.
+	RequestP50 float64 `json:"request_p50_s"`
+	RequestP99 float64 `json:"request_p99_s"`
+	// DevicesPerPort is the most devices behind one port.
+	DevicesPerPort int `json:"devices_per_port"`
 	// Interval between consecutive stored points of each device, from
 	// InfluxDB (timestamps are the devices' clocks, 1 s resolution).
 	StoredInterval Quantiles `json:"stored_interval_s"`
@@ -181,10 +188,11 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 		RequestErrors: (m1.sum("citygw_modbus_requests_total") - m1.sum("citygw_modbus_requests_total", `result="ok"`)) - (m0.sum("citygw_modbus_requests_total") - m0.sum("citygw_modbus_requests_total", `result="ok"`)),
 		PerCycle:      m1.sum("citygw_modbus_requests_per_poll"),
 	}
-	ports := map[string]bool{}
+	ports := map[string]int{}
 	for _, a := range cs.Inv.Assets {
 		if a.Modbus != nil {
-			ports[a.Modbus.Host] = true
+			ports[a.Modbus.Host]++
+			r.DevicesPerPort = max(r.DevicesPerPort, ports[a.Modbus.Host])
 		}
 	}
 	r.Ports = len(ports)
@@ -195,6 +203,8 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 	}
 	lag := m1.histogram("citygw_modbus_poll_lag_seconds").minus(m0.histogram("citygw_modbus_poll_lag_seconds"))
 	r.LagP50, r.LagP99 = lag.quantile(0.5), lag.quantile(0.99)
+	rd := m1.histogram("citygw_modbus_request_duration_seconds").minus(m0.histogram("citygw_modbus_request_duration_seconds"))
+	r.RequestP50, r.RequestP99 = rd.quantile(0.5), rd.quantile(0.99)
 	points := float64(pw1 - pw0)
 	r.PointsPerS = points / win
 	gw0, gw1 := s0["system"], s1["system"]
@@ -225,7 +235,7 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 	rep.Systems = []*SystemResult{res}
 	rep.Notes = append(rep.Notes, modbusNotes(r),
 		"One stack: Mosquitto (unused but for the gateway's subscription), InfluxDB 1.8.10, `firmware-sim run` serving every device over Modbus TCP (\"publisher\" in the table), and the gateway (shipped rules, WAL on, no case sink). Figures cover the measured window, after every device was up and a warm-up; points = points InfluxDB's HTTP API accepted in the window.",
-		"achieved interval: the gateway schedules each device's next poll one interval after the last one was due, so an achieved interval is the interval plus the difference of two polls' lag; mean = window × devices / polls. stored interval: consecutive points of each device in InfluxDB, whose timestamps are the devices' own clocks (1 s register resolution), so it shows missed or doubled polls, not sub-second jitter.",
+		"achieved interval: the gateway keeps each device on its interval grid (the next poll is due one interval after the last was due) and skips a slot it has missed entirely, so an achieved interval is the interval plus the difference of two polls' lag, or whole intervals more when slots were skipped; mean = window × devices / polls. stored interval: consecutive points of each device in InfluxDB, whose timestamps are the devices' own clocks (1 s register resolution), so it shows skipped slots, not sub-second jitter; completeness = points stored / (devices × window / interval). A port's devices are polled one request at a time (the serial bus behind a converter), so a port's requests per second × round trip bounds its cycle.",
 	)
 	rep.Machine.LoadAfter = loadavg()
 	return rep, nil
@@ -234,14 +244,14 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 func modbusNotes(r *ModbusScale) string {
 	var b strings.Builder
 	b.WriteString("Modbus scale:\n\n")
-	b.WriteString("| devices | ports | interval | requests per cycle | requests per device poll | polls/s | polls ok | request errors | mean interval s | poll lag p50 / p99 s | stored interval p50 / p99 / max s | completeness | points/s | gateway CPU s/s | gateway CPU s / M points | gateway RSS / peak MB | firmware-sim CPU s/s | firmware-sim RSS MB |\n")
-	b.WriteString("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| devices | ports (most devices on one) | interval | requests per cycle | requests per device poll | polls/s | polls ok | request errors | request p50 / p99 ms | mean interval s | poll lag p50 / p99 s | stored interval p50 / p99 / max s | completeness | points/s | gateway CPU s/s | gateway CPU s / M points | gateway RSS / peak MB | firmware-sim CPU s/s | firmware-sim RSS MB |\n")
+	b.WriteString("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	okPct := 0.0
 	if r.Polls > 0 {
 		okPct = 100 * r.PollsOK / r.Polls
 	}
-	fmt.Fprintf(&b, "| %d | %d | %s | %.0f | %.2f | %.0f | %.2f %% | %.0f | %.3f | %.3f / %.3f | %.0f / %.0f / %.0f | %.3f | %.0f | %.3f | %.1f | %.0f / %.0f | %.3f | %.0f |\n",
-		r.Devices, r.Ports, r.Interval, r.PerCycle, r.PerDevicePoll, r.PollsPerS, okPct, r.RequestErrors, r.MeanInterval, r.LagP50, r.LagP99,
+	fmt.Fprintf(&b, "| %d | %d (%d) | %s | %.0f | %.2f | %.0f | %.2f %% | %.0f | %.1f / %.1f | %.3f | %.3f / %.3f | %.0f / %.0f / %.0f | %.3f | %.0f | %.3f | %.1f | %.0f / %.0f | %.3f | %.0f |\n",
+		r.Devices, r.Ports, r.DevicesPerPort, r.Interval, r.PerCycle, r.PerDevicePoll, r.PollsPerS, okPct, r.RequestErrors, 1000*r.RequestP50, 1000*r.RequestP99, r.MeanInterval, r.LagP50, r.LagP99,
 		r.StoredInterval.P50, r.StoredInterval.P99, r.StoredInterval.Max, r.Completeness, r.PointsPerS,
 		r.GatewayCPUPerS, r.GatewayCPUPerM, r.GatewayRSSMB, r.GatewayPeakMB, r.SimCPUPerS, r.SimRSSMB)
 	return b.String()
@@ -347,10 +357,10 @@ next:
 	return total
 }
 
-// histogram returns the cumulative buckets of a histogram without labels
-// besides le.
+// histogram returns the cumulative buckets of a histogram, summed over its
+// labels besides le.
 func (p promText) histogram(name string) hist {
-	var h hist
+	sums := map[float64]float64{}
 	le := regexp.MustCompile(`le="([^"]+)"`)
 	for _, s := range p {
 		if s.name != name+"_bucket" {
@@ -364,7 +374,11 @@ func (p promText) histogram(name string) hist {
 		if err != nil {
 			continue
 		}
-		h = append(h, bucket{le: ub, count: s.value})
+		sums[ub] += s.value
+	}
+	h := make(hist, 0, len(sums))
+	for le, c := range sums {
+		h = append(h, bucket{le: le, count: c})
 	}
 	slices.SortFunc(h, func(a, b bucket) int {
 		switch {

@@ -50,6 +50,10 @@ citygw_modbus_poll_lag_seconds_bucket{le="0.01"} 100
 citygw_modbus_poll_lag_seconds_bucket{le="+Inf"} 100
 citygw_modbus_poll_lag_seconds_sum 0.3
 citygw_modbus_poll_lag_seconds_count 100
+citygw_modbus_request_duration_seconds_bucket{endpoint="a",le="0.01"} 3
+citygw_modbus_request_duration_seconds_bucket{endpoint="a",le="+Inf"} 4
+citygw_modbus_request_duration_seconds_bucket{endpoint="b",le="0.01"} 1
+citygw_modbus_request_duration_seconds_bucket{endpoint="b",le="+Inf"} 4
 `
 
 func TestPromParsing(t *testing.T) {
@@ -93,6 +97,10 @@ func TestPromParsing(t *testing.T) {
 	if got := d.quantile(0.99); got != 0.01 {
 		t.Errorf("quantile in +Inf = %v, want 0.01", got)
 	}
+	// Summed over endpoints.
+	if got := p.histogram("citygw_modbus_request_duration_seconds"); len(got) != 2 || got[0] != (bucket{0.01, 4}) || got[1].count != 8 {
+		t.Errorf("request durations summed over endpoints: %v", got)
+	}
 	if got := (hist{}).quantile(0.5); !math.IsNaN(got) {
 		t.Errorf("empty histogram quantile = %v", got)
 	}
@@ -112,12 +120,12 @@ func TestModbusSmall(t *testing.T) {
 		t.Fatalf("no modbus figures: %#v", rep.Systems[0].Extra)
 	}
 	c, l, g := modbusScale{}.counts(&b.Opts)
-	if r.Devices != c*(l+1)+g || r.DevicesUp != float64(r.Devices) || r.Ports != c+(g+1)/2 {
+	if r.Devices != c*(l+1)+g || r.DevicesUp != float64(r.Devices) || r.Ports != c+(g+1)/2 || r.DevicesPerPort != l+1 {
 		t.Errorf("devices %d up %v ports %d", r.Devices, r.DevicesUp, r.Ports)
 	}
 	// Load-tolerant bounds: polled at all, at most about once an interval.
 	if r.Polls <= 0 || r.MeanInterval < 0.9 || r.PerCycle < float64(r.Devices) || r.PerDevicePoll < 1 || r.PointsPerS <= 0 ||
-		r.StoredInterval.N == 0 || r.Completeness <= 0 || r.GatewayCPUPerS <= 0 || r.GatewayRSSMB <= 0 || math.IsNaN(r.LagP99) {
+		r.StoredInterval.N == 0 || r.Completeness <= 0 || r.GatewayCPUPerS <= 0 || r.GatewayRSSMB <= 0 || math.IsNaN(r.LagP99) || !(r.RequestP99 > 0) {
 		t.Errorf("implausible figures %+v", r)
 	}
 }
