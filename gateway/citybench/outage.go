@@ -91,6 +91,9 @@ func (b *Bench) runOutage(ctx context.Context, sys string, inv *Inventory, p ste
 		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
 	defer st.Stop()
+	if err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour)); err != nil {
+		return &SystemResult{System: sys, Error: err.Error()}, err
+	}
 	res := &SystemResult{System: sys, Extra: map[string]any{"outage_s": down.Seconds(), "offered_points_per_s": round1(p.Offered())}}
 	fail := func(err error) (*SystemResult, error) {
 		if res.Error == "" {
