@@ -76,6 +76,7 @@ func (s memory) Run(ctx context.Context, b *Bench) (*Report, error) {
 		Notes: []string{
 			"citygw alone (shipped rules, WAL on) on a fresh Mosquitto and InfluxDB, under the steady plan for long enough in simulated time that every asset's rule windows and display history are full (windows_full); the figures are read after every point is visible, with the gateway still running.",
 			"rss_mb and hwm_mb: VmRSS and VmHWM from /proc/PID/status (VmHWM includes start-up: loading the inventory); heap_inuse_mb: go_memstats_heap_inuse_bytes from /metrics; heap profile: /debug/pprof/heap on the admin listener (inuse_space, top entries flat).",
+			primeNote,
 		}}
 	inv, err := b.Inventory(ctx, p.Assets)
 	if err != nil {

@@ -54,6 +54,7 @@ func (s outage) Run(ctx context.Context, b *Bench) (*Report, error) {
 			"drain_s: InfluxDB's restart (answering /ping) to the first count query that saw every point; it includes the publishing still to come after the restart. catch_up_s: restart to the first sample where the backlog was back under two seconds of offered load plus one batch.",
 			"seconds and points/s: first publish to all points visible, outage included. CPU: /proc over the same span (influxd: both lives, its restart included).",
 			"Telegraf (configs/bench/telegraf.conf): metric_buffer_limit 200000, max_undelivered_messages 20000, so it holds at most 20000 unwritten metrics itself; the rest of its backlog waits unacknowledged at the broker (max_queued_messages 0: unbounded). dropped: the metrics its log says it dropped.",
+			primeNote,
 		}}
 	inv, err := b.Inventory(ctx, p.Assets)
 	if err != nil {

@@ -100,6 +100,7 @@ func (steady) Run(ctx context.Context, b *Bench) (*Report, error) {
 			"lag_s: the publisher's last acknowledged message to the first count query that saw every point (polled every 250 ms; includes one flush interval and the count query).",
 			"CPU and peak RSS: /proc between the publisher's start and full visibility; the publisher's and the counter's whole life (rusage). Peak RSS includes start-up (loading the inventory).",
 			"citygw: shipped rules loaded, WAL on, no case sink, per-asset rate cap off (configs/bench/gateway.yaml).",
+			primeNote,
 		}}
 	inv, err := b.Inventory(ctx, p.Assets)
 	if err != nil {
@@ -175,6 +176,9 @@ func (b *Bench) runSteady(ctx context.Context, scenario, sys string, inv *Invent
 	}
 	return res, nil
 }
+
+// primeNote explains primeSeries in the reports.
+const primeNote = "Before the load, each InfluxDB got one uncounted point per asset with the systems' tags (asset, district, grid, gateway), as in a city that has reported before: otherwise the first round is InfluxDB creating every series, whose writes outlast its 10 s write timeout here. series: the database's series after the run (one per asset when the priming matched)."
 
 // primeField is the field primeSeries writes: never counted (the count is
 // of fill_pct), it only makes the series exist.
