@@ -228,16 +228,19 @@ func goals(by map[string]*Report) []goal {
 	}
 	if r := by["memory"]; r == nil {
 		gs = append(gs, notRun("under 300 MB RSS for the 126,000-asset city", "memory"))
-	} else if s := r.System(SysCitygw); s == nil || s.Error != "" {
+	} else if s := r.System(SysCitygw); s == nil || s.Extra["rss_mb"] == nil {
 		m := "citygw not measured"
 		if s != nil {
 			m = s.Error
 		}
-		gs = append(gs, goal{"under 300 MB RSS for the 126,000-asset city", m, "**no**"})
+		gs = append(gs, goal{"under 300 MB RSS for the 126,000-asset city", m, "–"})
 	} else {
 		rss, _ := s.Extra["rss_mb"].(float64)
 		hwm, _ := s.Extra["hwm_mb"].(float64)
 		m := fmt.Sprintf("%v assets: VmRSS %.0f MB, VmHWM %.0f MB, Go heap in use %v MB (windows: %v)", r.Params["assets"], rss, hwm, s.Extra["heap_inuse_mb"], r.Params["windows_full"])
+		if s.Error != "" {
+			m += "; read although the run failed: " + s.Error
+		}
 		gs = append(gs, goal{"under 300 MB RSS for the 126,000-asset city", m, yes(rss > 0 && rss < 300) + fmt.Sprintf(" (VmRSS); peak VmHWM %s", yes(hwm > 0 && hwm < 300))})
 	}
 	for _, x := range []struct{ g, where string }{

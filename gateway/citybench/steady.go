@@ -144,6 +144,18 @@ func (b *Bench) runSteady(ctx context.Context, scenario, sys string, inv *Invent
 		if res.Error == "" {
 			res.Error = err.Error()
 		}
+		// What inspect reads (the gateway's memory) does not depend on
+		// InfluxDB having every point: read it anyway, the failure stays.
+		if ctx.Err() == nil && st.SUT != nil && !st.SUT.Exited() {
+			if res.Extra == nil {
+				res.Extra = map[string]any{}
+			}
+			for _, f := range inspect {
+				if ierr := f(st, res); ierr != nil {
+					res.Error += "; " + ierr.Error()
+				}
+			}
+		}
 		return res, err
 	}
 	if res.Points < want {
