@@ -92,7 +92,8 @@ func (b *Bench) runOutage(ctx context.Context, sys string, inv *Inventory, p ste
 		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
 	defer st.Stop()
-	if err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour)); err != nil {
+	primed, err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour))
+	if err != nil {
 		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
 	res := &SystemResult{System: sys, Extra: map[string]any{"outage_s": down.Seconds(), "offered_points_per_s": round1(p.Offered())}}
@@ -181,7 +182,7 @@ func (b *Bench) runOutage(ctx context.Context, sys string, inv *Inventory, p ste
 				acked = s.Acked
 			}
 		}
-		written := writtenPrev + writtenLife
+		written := writtenPrev + writtenLife - primed // the priming's points are not the load's
 		backlog := max(acked-written, 0)
 		peakBacklog = max(peakBacklog, backlog)
 		if !restartedAt.IsZero() && caughtUpAt.IsZero() && backlog <= threshold {

@@ -136,7 +136,7 @@ func (b *Bench) runSteady(ctx context.Context, scenario, sys string, inv *Invent
 		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
 	defer st.Stop()
-	if err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour)); err != nil {
+	if _, err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour)); err != nil {
 		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
 	res, err := b.Measure(ctx, st, p.Args(b), want)
@@ -203,18 +203,19 @@ const primeField = "citybench_prime"
 // round of a steady load is InfluxDB creating 126,000 series, whose
 // writes outlast its 10 s write timeout on this machine and get retried:
 // the figures would measure series creation, not a steady city. The
-// ceiling has no database.
-func (b *Bench) primeSeries(ctx context.Context, st *Stack, inv *Inventory, at time.Time) error {
+// ceiling has no database. It returns the points written (InfluxDB's
+// write counter counts them).
+func (b *Bench) primeSeries(ctx context.Context, st *Stack, inv *Inventory, at time.Time) (int64, error) {
 	if st.DB == nil {
-		return nil
+		return 0, nil
 	}
 	data, err := os.ReadFile(inv.Lookup)
 	if err != nil {
-		return fmt.Errorf("priming series: %w", err)
+		return 0, fmt.Errorf("priming series: %w", err)
 	}
 	var lut map[string]map[string]string
 	if err := json.Unmarshal(data, &lut); err != nil {
-		return fmt.Errorf("priming series: %s: %w", inv.Lookup, err)
+		return 0, fmt.Errorf("priming series: %s: %w", inv.Lookup, err)
 	}
 	ids := make([]string, 0, len(lut))
 	for id := range lut {
@@ -234,11 +235,11 @@ func (b *Bench) primeSeries(ctx context.Context, st *Stack, inv *Inventory, at t
 				esc.Replace(id), esc.Replace(t["district"]), esc.Replace(gatewayID), esc.Replace(t["grid"]), primeField, ts)
 		}
 		if err := st.DB.writeLines(ctx, st.DBName, body.Bytes()); err != nil {
-			return fmt.Errorf("priming series: %w", err)
+			return 0, fmt.Errorf("priming series: %w", err)
 		}
 	}
 	fmt.Fprintf(b.Opts.Progress, "citybench: %s: primed %d series in %.1fs\n", st.System, len(ids), time.Since(start).Seconds())
-	return nil
+	return int64(len(ids)), nil
 }
 
 // writeLines posts line protocol (seconds) to dbName, retrying a few times
