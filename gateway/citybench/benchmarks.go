@@ -48,16 +48,19 @@ func ReadReport(file string) (*Report, error) {
 }
 
 // WriteBenchmarks writes BENCHMARKS.md from the reports of the scenarios
-// that ran (one per scenario; a later one replaces an earlier one): the
+// that ran (several of one scenario, say at two speeds, each get their
+// tables; the goals are judged on the last): the
 // machine, the commands, each scenario's tables and ratios, the goals of
 // issue 6 reached or not, and how to regenerate the file. Scenarios without
 // a report get a "not run in this report" section. regen is the command
 // line that wrote the file.
 func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
 	by := map[string]*Report{}
+	all := map[string][]*Report{}
 	for _, r := range reps {
 		if r != nil {
 			by[r.Scenario] = r
+			all[r.Scenario] = append(all[r.Scenario], r)
 		}
 	}
 	fmt.Fprintln(w, BenchmarksMarker)
@@ -97,7 +100,7 @@ func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
 		fmt.Fprintln(w, "| scenario | date | load before | load after |")
 		fmt.Fprintln(w, "| --- | --- | --- | --- |")
 		for _, n := range ScenarioNames() {
-			if r := by[n]; r != nil {
+			for _, r := range all[n] {
 				fmt.Fprintf(w, "| %s | %s | %s | %s |\n", n, r.Date.UTC().Format("2006-01-02 15:04 UTC"), r.Machine.LoadAvg, r.Machine.LoadAfter)
 			}
 		}
@@ -107,11 +110,15 @@ func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
 	fmt.Fprintln(w, "## Commands")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "```sh")
+	var cmds strings.Builder
 	for _, n := range ScenarioNames() {
-		if r := by[n]; r != nil && r.Command != "" {
-			fmt.Fprintln(w, r.Command)
+		for _, r := range all[n] {
+			if r.Command != "" && !strings.Contains(cmds.String(), r.Command+"\n") {
+				fmt.Fprintln(&cmds, r.Command)
+			}
 		}
 	}
+	fmt.Fprint(w, cmds.String())
 	if regen != "" {
 		fmt.Fprintln(w, "# this file:")
 		fmt.Fprintln(w, regen)
@@ -131,13 +138,14 @@ func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
 	fmt.Fprintln(w, "## Scenarios")
 	fmt.Fprintln(w)
 	for _, n := range ScenarioNames() {
-		r := by[n]
-		if r == nil {
+		if len(all[n]) == 0 {
 			fmt.Fprintf(w, "### %s\n\nNot run in this report.\n\n", n)
 			continue
 		}
-		r.Markdown(w)
-		fmt.Fprintln(w)
+		for _, r := range all[n] {
+			r.Markdown(w)
+			fmt.Fprintln(w)
+		}
 	}
 
 	fmt.Fprintln(w, "## How to regenerate")
