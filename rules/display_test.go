@@ -54,7 +54,7 @@ func TestDisplayHistory(t *testing.T) {
 	cat := testCatalog(t)
 	inv := testInventory(t, cat, 1)
 	// No rules loaded: the display history does not depend on them.
-	e, _ := newTestEngine(t, Options{Location: time.UTC}, inv, cat)
+	e, _ := newTestEngine(t, Options{Location: time.UTC, DisplaySamples: 16}, inv, cat)
 	a := inv.Lookup("L0")
 	t0 := time.Date(2026, 6, 21, 12, 0, 0, 0, time.UTC)
 	for i := 0; i < 20; i++ {

@@ -48,7 +48,7 @@ type Options struct {
 	QuarantineWindow time.Duration // default 10m
 	// DisplaySamples is the length of the display history: the last N
 	// values of every numeric field of every asset, for the status page's
-	// sparklines. Default 16; negative turns it off.
+	// sparklines. Default 8; negative turns it off.
 	DisplaySamples int
 	LogEvery       time.Duration // at most one run-time error log line per rule per this; default 1m
 	HealthWindow   time.Duration // a rule with an error within this is unhealthy; default 5m
@@ -79,7 +79,7 @@ func (o *Options) defaults() {
 		o.QuarantineWindow = 10 * time.Minute
 	}
 	if o.DisplaySamples == 0 {
-		o.DisplaySamples = 16
+		o.DisplaySamples = 8
 	}
 	o.DisplaySamples = min(o.DisplaySamples, math.MaxUint16)
 	if o.LogEvery <= 0 {

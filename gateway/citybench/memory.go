@@ -28,7 +28,7 @@ type memory struct{}
 // reading a minute.
 const (
 	memorySpeed          = 10
-	memoryDisplaySamples = 16 // rules.display_samples default; configs/bench/gateway.yaml sets none
+	memoryDisplaySamples = 8 // rules.display_samples default; configs/bench/gateway.yaml sets none
 	memoryKind           = "waste_bin"
 )
 

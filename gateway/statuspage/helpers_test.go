@@ -37,7 +37,7 @@ func demo(tb testing.TB) (*devices.Catalog, *devices.Inventory) {
 // shippedEngine is a rule engine running the shipped rule set.
 func shippedEngine(tb testing.TB, cat *devices.Catalog, inv *devices.Inventory, sink rules.Sink) *rules.Engine {
 	tb.Helper()
-	e, err := rules.NewEngine(rules.Options{Location: time.UTC, Sink: sink}, cat, inv, prometheus.NewRegistry(), nil)
+	e, err := rules.NewEngine(rules.Options{Location: time.UTC, Sink: sink, DisplaySamples: 16}, cat, inv, prometheus.NewRegistry(), nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

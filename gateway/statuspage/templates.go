@@ -143,7 +143,7 @@ const assetTmpl = `{{define "asset"}}<div class="chips"><span class="chip {{.Sta
 {{if .Fields}}<table><tr><th>field</th><th>value</th><th>recent</th></tr>
 {{range .Fields}}<tr><td>{{.Name}}</td><td class="num">{{.Value}}{{if .Unit}} <span class="dim">{{.Unit}}</span>{{end}}</td><td>{{if .Spark}}{{.Spark}}<span class="dim">{{.SparkNote}}</span>{{end}}</td></tr>
 {{end}}</table>{{else}}<p class="dim">The rule engine has not seen a reading of this asset since it started.</p>{{end}}
-<p class="dim">Sparklines show each numeric field's recent values from the rule engine: its window history (every reading within the longest window a rule reads the field through) where that holds at least as many samples, else the field's last readings (rules.Options.DisplaySamples, 16 by default).</p></div>
+<p class="dim">Sparklines show each numeric field's recent values from the rule engine: its window history (every reading within the longest window a rule reads the field through) where that holds at least as many samples, else the field's last readings (rules.Options.DisplaySamples, 8 by default).</p></div>
 <div class="card" id="rules"><h2>Rules watching it</h2>
 {{if .Rules}}<table><tr><th>rule</th><th>state</th><th>since</th><th>case</th></tr>
 {{range .Rules}}<tr class="rule" data-rule="{{.Rule}}" data-state="{{.State}}"><td><b>{{.Rule}}</b> <span class="dim">{{.Severity}}{{if .Shadow}} · shadow{{end}}{{if eq .Health "quarantined"}} · <span class="bad" title="over its evaluation time budget repeatedly; not evaluated until the rules are reloaded">quarantined</span>{{else if not .Healthy}} · <span class="bad">errors</span>{{end}}</span><br><code>{{.Condition}}</code>

@@ -140,14 +140,14 @@ func TestConfig(t *testing.T) {
 // are deleted once acknowledged, so disk use shrinks.
 func TestAppendNextDone(t *testing.T) {
 	dir := t.TempDir()
-	w, reg := open(t, Config{Dir: dir, SegmentBytes: 4 << 10, MaxBytes: 1 << 20, BatchSize: 100, Sync: SyncNone})
+	w, reg := open(t, Config{Dir: dir, SegmentBytes: 4 << 10, MaxBytes: 1 << 20, BatchSize: 100, MaxBatchLines: 5000, Sync: SyncNone})
 	appendN(t, w, 0, 1000)
 	st := w.Stats()
 	if st.Backlog != 1000 || st.Segments < 5 || st.Appended != 1000 {
 		t.Fatalf("after 1000 appends: %+v", st)
 	}
-	// Not flushing: a full batch of BatchSize is due at once, not more
-	// because MaxBatchLines defaults to 50000 and everything is there.
+	// Not flushing: a full batch of BatchSize is due at once, and more
+	// (up to MaxBatchLines) because everything is there.
 	b, err := w.Next(context.Background(), false)
 	if err != nil || b.Points != 1000 {
 		t.Fatalf("Next = %v points, %v; want the 1000-line backlog in one batch", b.Points, err)
