@@ -1,16 +1,15 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/gateway/testenv"
 )
 
 // TestDiskFull runs the gateway with its write-ahead log on a 4 MiB tmpfs,
@@ -30,12 +29,12 @@ func TestDiskFull(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test starts real processes")
 	}
-	if !asRoot(t) {
+	if !testenv.AsRoot(t) {
 		return
 	}
 	st := startStack(t)
 	db, mosq := st.db, st.mosq
-	walFS := mountTmpfs(t, "size=4m")
+	walFS := testenv.MountTmpfs(t, "size=4m")
 	walDir := filepath.Join(walFS, "wal")
 	c := startCity(t, st.simBin, st.dir, mosq.URL(), "-mqtt-interval", "1s")
 	tap := startWriteTap(t, db)
@@ -55,7 +54,7 @@ func TestDiskFull(t *testing.T) {
 	// InfluxDB down, and the WAL's file system nearly full.
 	tap.setPhase(phaseDiskFull)
 	db.Stop()
-	filler := fill(t, walFS, 128<<10)
+	filler := testenv.FillDisk(t, walFS, 128<<10)
 	fullSince := time.Now()
 	waitFor(t, 120*time.Second, "citygw_wal_disk_full to be 1", func() bool {
 		return g.metric(t, "citygw_wal_disk_full") == 1
@@ -124,80 +123,4 @@ func TestDiskFull(t *testing.T) {
 	t.Logf("disk full summary: lost=%d duplicates=%d (%d points written during the full disk, %d distinct points in all)",
 		lost, r.dups[phaseDiskFull]+r.dups[phaseSteady], r.written[phaseDiskFull], r.distinct)
 	tap.crossCheck(t, db, c.inv.Assets)
-}
-
-const nsChildEnv = "CITYGW_E2E_NS_CHILD"
-
-// asRoot reports whether the calling test should run here: true as root.
-// Otherwise it runs the test again under `unshare -rm` (a user and mount
-// namespace in which it may mount; its child processes run there too) and
-// reports false (the child did the work, its failure fails the test), or
-// skips with the reason when no namespace can be made.
-func asRoot(t *testing.T) bool {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return true
-	}
-	if os.Getenv(nsChildEnv) != "" {
-		t.Skip("in a user namespace but not root: cannot mount a tmpfs")
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skipf("mounting a tmpfs needs root, and there is no unshare(1) to make a user+mount namespace: %v", err)
-	}
-	cmd := exec.Command(unshare, "-rm", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v", "-test.timeout=15m")
-	cmd.Env = append(os.Environ(), nsChildEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil && strings.HasPrefix(string(out), "unshare:") {
-		t.Skipf("mounting a tmpfs needs root, and unshare -rm failed: %s", strings.TrimSpace(string(out)))
-	}
-	t.Logf("ran in a user+mount namespace (unshare -rm):\n%s", out)
-	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatalf("the test failed in its namespace: %v", err)
-	}
-	return false
-}
-
-// mountTmpfs mounts a tmpfs with the given options (size=4m) on a new
-// directory, unmounted at the end of the test.
-func mountTmpfs(t *testing.T, opts string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, opts); err != nil {
-		t.Skipf("cannot mount a tmpfs (%s) on %s: %v", opts, dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
-// fill creates a file in dir that takes all its free space but leave bytes
-// (rounded to pages by the file system), and returns its path.
-func fill(t *testing.T, dir string, leave int64) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 64<<10)
-	var size int64
-	for {
-		n, err := f.Write(chunk)
-		size += int64(n)
-		if errors.Is(err, syscall.ENOSPC) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Truncate(max(size-leave, 0)); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,86 +14,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/citygw/citygw/gateway/testenv"
 )
 
 // The tests here fill a real file system: a small tmpfs mounted for the
 // test. Mounting needs root; without it the test re-runs itself in a user
-// and mount namespace (unshare -rm), where it is root of its own mounts.
-
-const nsChildEnv = "CITYGW_WAL_NS_CHILD"
-
-// asRoot reports whether the calling test should run here: true as root.
-// Otherwise it runs the test again under `unshare -rm` and reports false
-// (the child did the work; its failure fails the test), or skips with the
-// reason when no namespace can be made.
-func asRoot(t *testing.T) bool {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return true
-	}
-	if os.Getenv(nsChildEnv) != "" {
-		t.Skip("in a user namespace but not root: cannot mount a tmpfs")
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skipf("mounting a tmpfs needs root, and there is no unshare(1) to make a user+mount namespace: %v", err)
-	}
-	cmd := exec.Command(unshare, "-rm", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), nsChildEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil && strings.HasPrefix(string(out), "unshare:") {
-		t.Skipf("mounting a tmpfs needs root, and unshare -rm failed: %s", strings.TrimSpace(string(out)))
-	}
-	t.Logf("ran in a user+mount namespace (unshare -rm):\n%s", out)
-	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
-		t.Fatalf("the test failed in its namespace: %v", err)
-	}
-	return false
-}
-
-// mountTmpfs mounts a tmpfs with the given options (size=1m) on a new
-// directory, unmounted at the end of the test.
-func mountTmpfs(t *testing.T, opts string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, opts); err != nil {
-		t.Skipf("cannot mount a tmpfs (%s) on %s: %v", opts, dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
-// fill creates a file in dir that takes all its free space but leave bytes
-// (rounded to pages by the file system), and returns its path.
-func fill(t *testing.T, dir string, leave int64) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 64<<10)
-	var size int64
-	for {
-		n, err := f.Write(chunk)
-		size += int64(n)
-		if errors.Is(err, syscall.ENOSPC) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Truncate(max(size-leave, 0)); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
+// and mount namespace (unshare -rm), where it is root of its own mounts
+// (testenv.AsRoot).
 
 // padded is line i with a payload of varying length, so that a record
 // often straddles a page boundary and a write on a full tmpfs is partial.
@@ -124,13 +51,13 @@ func segmentBytesOnDisk(t *testing.T, dir string) int64 {
 // instead of failing; once space is freed they go on without a reopen, and a
 // reopen reads back exactly what was acknowledged.
 func TestDiskFullTmpfs(t *testing.T) {
-	if !asRoot(t) {
+	if !testenv.AsRoot(t) {
 		return
 	}
-	fs := mountTmpfs(t, "size=1m")
+	fs := testenv.MountTmpfs(t, "size=1m")
 	cfg := Config{Dir: filepath.Join(fs, "wal"), SegmentBytes: 32 << 10, MaxBytes: 64 << 20, Sync: SyncAlways, OnFull: Block}
 	w, reg := open(t, cfg)
-	filler := fill(t, fs, 80<<10) // ends inside the third segment: a write is partial
+	filler := testenv.FillDisk(t, fs, 80<<10) // ends inside the third segment: a write is partial
 
 	// Sequential appends until one cannot be written.
 	var acked []int
@@ -301,13 +228,13 @@ func TestDiskFullTmpfs(t *testing.T) {
 // TestDiskFullDropOldest: with on_full: drop_oldest a full disk drops the
 // oldest segment and the appends go on; every dropped point is counted.
 func TestDiskFullDropOldest(t *testing.T) {
-	if !asRoot(t) {
+	if !testenv.AsRoot(t) {
 		return
 	}
-	fs := mountTmpfs(t, "size=1m")
+	fs := testenv.MountTmpfs(t, "size=1m")
 	cfg := Config{Dir: filepath.Join(fs, "wal"), SegmentBytes: 16 << 10, MaxBytes: 64 << 20, Sync: SyncInterval, OnFull: DropOldest}
 	w, _ := open(t, cfg)
-	fill(t, fs, 96<<10)
+	testenv.FillDisk(t, fs, 96<<10)
 	const total = 2000
 	for i := range total {
 		if err := w.Append(context.Background(), padded(i)); err != nil {
@@ -333,10 +260,10 @@ func TestDiskFullDropOldest(t *testing.T) {
 // left) is a full disk too: the current segment is kept and written on
 // after space is freed.
 func TestDiskFullNoInodes(t *testing.T) {
-	if !asRoot(t) {
+	if !testenv.AsRoot(t) {
 		return
 	}
-	fs := mountTmpfs(t, "size=4m,nr_inodes=64")
+	fs := testenv.MountTmpfs(t, "size=4m,nr_inodes=64")
 	cfg := Config{Dir: filepath.Join(fs, "wal"), SegmentBytes: 4 << 10, MaxBytes: 64 << 20, Sync: SyncNone}
 	w, _ := open(t, cfg)
 	var fillers []string
