@@ -189,7 +189,7 @@ func runInflux(db *testenv.InfluxDB, d *dashboard, pick func([]string) []string,
 			var vals []string
 			seen := map[string]bool{}
 			for _, s := range series {
-				for _, row := range s.Rows() {
+				for _, row := range testenv.Rows(s) {
 					if val, ok := row["value"].(string); ok && !seen[val] {
 						seen[val] = true
 						vals = append(vals, val)

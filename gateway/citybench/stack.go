@@ -5,14 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/citygw/citygw/gateway/influxql"
 )
 
 // Mosquitto is a broker started fresh for one system's run, configured from
@@ -174,84 +174,21 @@ func (db *InfluxDB) CreateDB(name string) error {
 	return err
 }
 
-func quoteIdent(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
+func quoteIdent(s string) string { return influxql.QuoteIdent(s) }
 
 // Series is one series of an InfluxQL answer.
-type Series struct {
-	Name    string            `json:"name"`
-	Tags    map[string]string `json:"tags"`
-	Columns []string          `json:"columns"`
-	Values  [][]any           `json:"values"`
-}
+type Series = influxql.Series
 
 // Query runs InfluxQL against dbName through the 1.x /query API (epoch=ns,
 // numbers kept as json.Number).
 func (db *InfluxDB) Query(dbName, q string) ([]Series, error) {
-	form := url.Values{"q": {q}, "epoch": {"ns"}}
-	if dbName != "" {
-		form.Set("db", dbName)
-	}
-	resp, err := db.http.PostForm(db.URL()+"/query", form)
-	if err != nil {
-		return nil, fmt.Errorf("influxql %q: %w", q, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("influxql %q: %w", q, err)
-	}
-	var ans struct {
-		Results []struct {
-			Series []Series `json:"series"`
-			Error  string   `json:"error"`
-		} `json:"results"`
-		Error string `json:"error"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(&ans); err != nil {
-		return nil, fmt.Errorf("influxql %q: HTTP %d, undecodable answer %.200q: %w", q, resp.StatusCode, body, err)
-	}
-	if ans.Error != "" {
-		return nil, fmt.Errorf("influxql %q: %s", q, ans.Error)
-	}
-	var out []Series
-	for _, r := range ans.Results {
-		if r.Error != "" {
-			return nil, fmt.Errorf("influxql %q: %s", q, r.Error)
-		}
-		out = append(out, r.Series...)
-	}
-	return out, nil
+	return influxql.Query(db.http, db.URL(), dbName, q)
 }
 
 // Count returns SELECT count(field) FROM measurement in dbName (0 when the
 // measurement does not exist yet).
 func (db *InfluxDB) Count(dbName, measurement, field string) (int64, error) {
-	series, err := db.Query(dbName, fmt.Sprintf("SELECT count(%s) FROM %s", quoteIdent(field), quoteIdent(measurement)))
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	for _, s := range series {
-		for _, row := range s.Values {
-			if len(row) < 2 {
-				continue
-			}
-			n, ok := row[1].(json.Number)
-			if !ok {
-				return 0, fmt.Errorf("count(%s): unexpected value %v", field, row[1])
-			}
-			i, err := n.Int64()
-			if err != nil {
-				return 0, fmt.Errorf("count(%s): %w", field, err)
-			}
-			total += i
-		}
-	}
-	return total, nil
+	return influxql.Count(db.http, db.URL(), dbName, measurement, field)
 }
 
 // renderTemplate executes the text/template in src with data into dst.

@@ -338,7 +338,7 @@ func points(t testing.TB, db *testenv.InfluxDB, kind, asset string) map[int64]ma
 	}
 	out := map[int64]map[string]any{}
 	for _, s := range series {
-		for _, row := range s.Rows() {
+		for _, row := range testenv.Rows(s) {
 			ts, err := row["time"].(json.Number).Int64()
 			if err != nil {
 				t.Fatalf("time %v: %v", row["time"], err)

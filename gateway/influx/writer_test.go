@@ -273,7 +273,7 @@ func checkInfluxQL(t *testing.T, db *testenv.InfluxDB, a *devices.Asset, want []
 	if len(series) != 1 {
 		t.Fatalf("%s: %d series, want 1", a.ID, len(series))
 	}
-	rows := series[0].Rows()
+	rows := testenv.Rows(series[0])
 	if len(rows) != len(want) {
 		t.Fatalf("%s: %d rows, want %d", a.ID, len(rows), len(want))
 	}

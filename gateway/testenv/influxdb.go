@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/gateway/influxql"
 )
 
 // InfluxDBInstall is how a missing influxd is installed.
@@ -153,22 +154,13 @@ func (db *InfluxDB) CreateDB(name string) {
 }
 
 // QuoteIdent quotes an InfluxQL identifier.
-func QuoteIdent(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
+func QuoteIdent(s string) string { return influxql.QuoteIdent(s) }
 
-// Series is one series of an InfluxQL result. Values keep JSON's numbers as
-// json.Number (times are nanoseconds since the epoch), so integers and floats
-// are compared exactly; use SHOW FIELD KEYS for the stored field types.
-type Series struct {
-	Name    string            `json:"name"`
-	Tags    map[string]string `json:"tags"`
-	Columns []string          `json:"columns"`
-	Values  [][]any           `json:"values"`
-}
+// Series is one series of an InfluxQL result (influxql.Series).
+type Series = influxql.Series
 
-// Rows returns the series' rows as maps from column name to value.
-func (s Series) Rows() []map[string]any {
+// Rows returns a series' rows as maps from column name to value.
+func Rows(s Series) []map[string]any {
 	out := make([]map[string]any, len(s.Values))
 	for i, row := range s.Values {
 		m := make(map[string]any, len(row))
@@ -185,70 +177,15 @@ func (s Series) Rows() []map[string]any {
 // Query runs InfluxQL statements against db (may be empty for server-wide
 // statements) through the 1.x /query API, with epoch=ns, and returns every
 // series of every statement. A statement error is returned as an error.
-func (db *InfluxDB) Query(dbName, influxql string) ([]Series, error) {
-	form := url.Values{"q": {influxql}, "epoch": {"ns"}}
-	if dbName != "" {
-		form.Set("db", dbName)
-	}
-	resp, err := db.http.PostForm(db.URL()+"/query", form)
-	if err != nil {
-		return nil, fmt.Errorf("influxql %q: %w", influxql, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("influxql %q: reading answer: %w", influxql, err)
-	}
-	var ans struct {
-		Results []struct {
-			Series []Series `json:"series"`
-			Error  string   `json:"error"`
-		} `json:"results"`
-		Error string `json:"error"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	if err := dec.Decode(&ans); err != nil {
-		return nil, fmt.Errorf("influxql %q: HTTP %d, undecodable answer %q: %w", influxql, resp.StatusCode, body, err)
-	}
-	if ans.Error != "" {
-		return nil, fmt.Errorf("influxql %q: %s", influxql, ans.Error)
-	}
-	var out []Series
-	for _, r := range ans.Results {
-		if r.Error != "" {
-			return nil, fmt.Errorf("influxql %q: %s", influxql, r.Error)
-		}
-		out = append(out, r.Series...)
-	}
-	return out, nil
+func (db *InfluxDB) Query(dbName, q string) ([]Series, error) {
+	return influxql.Query(db.http, db.URL(), dbName, q)
 }
 
 // Count returns how many points of measurement in dbName carry field
 // (SELECT count(field)); 0 when there are none.
 func (db *InfluxDB) Count(dbName, measurement, field string) (int, error) {
-	series, err := db.Query(dbName, fmt.Sprintf("SELECT count(%s) FROM %s", QuoteIdent(field), QuoteIdent(measurement)))
-	if err != nil {
-		return 0, err
-	}
-	total := 0
-	for _, s := range series {
-		for _, row := range s.Values {
-			if len(row) < 2 {
-				continue
-			}
-			n, ok := row[1].(json.Number)
-			if !ok {
-				return 0, fmt.Errorf("count of %s.%s: unexpected value %v", measurement, field, row[1])
-			}
-			i, err := n.Int64()
-			if err != nil {
-				return 0, fmt.Errorf("count of %s.%s: %w", measurement, field, err)
-			}
-			total += int(i)
-		}
-	}
-	return total, nil
+	n, err := influxql.Count(db.http, db.URL(), dbName, measurement, field)
+	return int(n), err
 }
 
 // WaitCount waits until Count reaches at least want and returns the last
