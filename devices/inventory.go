@@ -196,6 +196,7 @@ func ParseInventoryYAML(file string, data []byte, cat *Catalog) (*Inventory, err
 	if syntax.Load() {
 		return nil, errs.Err() // as for a file parsed whole: no inventory from a broken file
 	}
+	compactAssets(assets)
 	inv, ierrs := newInventory(assets)
 	errs = append(errs, ierrs...)
 	return inv, errs.Err()
@@ -437,6 +438,7 @@ func ParseInventoryCSV(file string, data []byte, cat *Catalog) (*Inventory, erro
 		}
 		assets = append(assets, a)
 	}
+	compactAssets(assets)
 	inv, ierrs := newInventory(assets)
 	errs = append(errs, ierrs...)
 	return inv, errs.Err()
