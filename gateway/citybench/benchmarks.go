@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 )
 
 // BenchmarksMarker opens a generated BENCHMARKS.md.
@@ -168,12 +169,6 @@ func goals(by map[string]*Report) []goal {
 	notRun := func(g, scenario string) goal {
 		return goal{g, scenario + " not run in this report", "–"}
 	}
-	yes := func(ok bool) string {
-		if ok {
-			return "yes"
-		}
-		return "**no**"
-	}
 	ratio := func(r *Report, key string) (float64, bool) {
 		v, ok := r.Ratios[key]
 		return v, ok
@@ -257,8 +252,8 @@ func goals(by map[string]*Report) []goal {
 	} {
 		gs = append(gs, goal{x.g, x.where, "–"})
 	}
+	gs = append(gs, latencyGoal(by["latency"]))
 	for _, x := range []struct{ g, sc string }{
-		{"p99 detection latency < 1 s + the rule's `for` (MQTT assets)", "latency"},
 		{"≥ 2,000 Modbus devices polled every second by one gateway", "modbus"},
 	} {
 		if by[x.sc] == nil {
@@ -268,6 +263,48 @@ func goals(by map[string]*Report) []goal {
 		}
 	}
 	return gs
+}
+
+// yes renders whether a goal is reached.
+func yes(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+// latencyGoal evaluates "p99 detection latency under 1 s plus the rule's
+// for, MQTT assets" on the latency scenario's MQTT class. The total runs
+// from the injection in the simulator to the case on the desk, so it
+// includes the simulated bin's own wait for its next tick and publish (up
+// to one publish interval); the gateway's share (first faulty message to
+// case on the desk) is shown beside it.
+func latencyGoal(r *Report) goal {
+	const g = "p99 detection latency < 1 s + the rule's `for` (MQTT assets)"
+	if r == nil {
+		return goal{g, "latency not run in this report", "–"}
+	}
+	s := r.System(SysCitygw)
+	if s == nil {
+		return goal{g, "citygw not measured", "–"}
+	}
+	for _, c := range latencyOf(s) {
+		if c.Transport != "mqtt" {
+			continue
+		}
+		forD, err := time.ParseDuration(c.RuleFor)
+		if err != nil || c.Total.N == 0 {
+			break
+		}
+		total := c.Total.P99 - forD.Seconds()
+		m := fmt.Sprintf("%s → %s, %d/%d cases: p99 %.2f s from the injection (of which the bin's own tick and publish wait, every %s: p99 %.2f s); the gateway's share, first faulty message → case on the desk: p99 %.2f s",
+			c.Fault, c.Rule, c.Cases, c.Injected, total, c.Interval, c.Device.P99, c.Gateway.P99-forD.Seconds())
+		if s.Error != "" {
+			m += "; the run failed: " + s.Error
+		}
+		return goal{g, m, yes(s.Error == "" && c.Cases == c.Injected && total < 1) + fmt.Sprintf(" (from the injection); gateway's share %s", yes(c.Gateway.P99-forD.Seconds() < 1))}
+	}
+	return goal{g, "no MQTT latency figures in the report", "–"}
 }
 
 // CommandLine renders a command line for the report, as typed.

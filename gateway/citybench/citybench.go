@@ -434,6 +434,12 @@ func (r *Report) markdownExtra(w io.Writer) {
 			switch v := s.Extra[k].(type) {
 			case nil:
 				cells[i] = "–"
+			case []any: // a latency scenario read back from JSON
+				if rs := latencyOf(s); k == "latency" && rs != nil {
+					cells[i] = rs.String()
+				} else {
+					cells[i] = strings.ReplaceAll(fmt.Sprint(v), "|", "/")
+				}
 			case float64:
 				cells[i] = fmt.Sprintf("%.1f", v)
 			default:

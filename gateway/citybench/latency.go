@@ -697,6 +697,27 @@ func (cs *cityStack) procResults(a, b stackSample) []ProcResult {
 // String is their cell in the report's Extra table.
 type latencyResults []*LatencyClass
 
+// latencyOf returns a system's latency figures, from a run (the results
+// themselves) or from a report read back from JSON (maps); nil without.
+func latencyOf(s *SystemResult) latencyResults {
+	switch v := s.Extra["latency"].(type) {
+	case latencyResults:
+		return v
+	case nil:
+		return nil
+	default:
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil
+		}
+		var rs latencyResults
+		if json.Unmarshal(b, &rs) != nil {
+			return nil
+		}
+		return rs
+	}
+}
+
 func (rs latencyResults) String() string {
 	var parts []string
 	for _, r := range rs {
