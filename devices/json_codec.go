@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -13,41 +14,83 @@ import (
 // pathNode is a trie over JSON paths: object keys and array indexes.
 type pathNode struct {
 	children map[string]*pathNode
-	// keys and nodes list the children again for child: a payload's keys
-	// are found by comparing bytes along a short list, which is several
-	// times cheaper than hashing them for the handful of keys a node has.
-	keys  []string
-	nodes []*pathNode
-	field int  // index in Profile.Fields, or -1
-	ts    bool // the timestamp lives here
+	// short lists the children whose keys have at most 8 bytes, each key
+	// packed little-endian into a word: a payload's key is found by loading
+	// it as one word and comparing words along a short list, with no
+	// hashing and no byte-by-byte comparison. long lists the others.
+	// Both are nil for a node with more than maxLinearChildren children,
+	// which uses its map.
+	short []shortKey
+	long  []longKey
+	order []string // the children's keys in the order the profile names them
+	field int      // index in Profile.Fields, or -1
+	ts    bool     // the timestamp lives here
+}
+
+type shortKey struct {
+	word uint64
+	n    int
+	node *pathNode
+}
+
+type longKey struct {
+	key  string
+	node *pathNode
 }
 
 // maxLinearChildren is the most children searched by comparison; a node
 // with more uses its map.
 const maxLinearChildren = 12
 
-// child returns the child for key, nil if none.
-func (n *pathNode) child(key []byte) *pathNode {
+// child returns the child for the key b[start:end], nil if none.
+func (n *pathNode) child(b []byte, start, end int) *pathNode {
 	if n == nil || n.children == nil {
 		return nil
 	}
-	if n.keys == nil {
-		return n.children[string(key)] // no allocation for a map lookup
+	if n.short == nil && n.long == nil {
+		return n.children[string(b[start:end])] // no allocation for a map lookup
 	}
-	for i, k := range n.keys {
-		if k == string(key) { // no allocation for a comparison
-			return n.nodes[i]
+	if l := end - start; l <= 8 {
+		var w uint64
+		if start+8 <= len(b) {
+			w = binary.LittleEndian.Uint64(b[start:]) & (^uint64(0) >> (64 - 8*l))
+		} else {
+			w = packKey(b[start:end])
+		}
+		for k := range n.short {
+			if e := &n.short[k]; e.word == w && e.n == l {
+				return e.node
+			}
+		}
+		return nil
+	}
+	for k := range n.long {
+		if e := &n.long[k]; e.key == string(b[start:end]) { // no allocation for a comparison
+			return e.node
 		}
 	}
 	return nil
 }
 
+// packKey packs a key of at most 8 bytes little-endian into a word.
+func packKey(key []byte) uint64 {
+	var w uint64
+	for j := len(key) - 1; j >= 0; j-- {
+		w = w<<8 | uint64(key[j])
+	}
+	return w
+}
+
 // index fills the children lists of n and its descendants.
 func (n *pathNode) index() {
 	if len(n.children) > 0 && len(n.children) <= maxLinearChildren {
-		for k, c := range n.children {
-			n.keys = append(n.keys, k)
-			n.nodes = append(n.nodes, c)
+		for _, k := range n.order { // the profile's order: most payloads follow it
+			c := n.children[k]
+			if len(k) <= 8 {
+				n.short = append(n.short, shortKey{word: packKey([]byte(k)), n: len(k), node: c})
+			} else {
+				n.long = append(n.long, longKey{key: k, node: c})
+			}
 		}
 	}
 	for _, c := range n.children {
@@ -67,6 +110,7 @@ func (p *Profile) buildTrie() *pathNode {
 			if c == nil {
 				c = &pathNode{field: -1}
 				n.children[seg] = c
+				n.order = append(n.order, seg)
 			}
 			n = c
 		}
@@ -93,16 +137,16 @@ func (p *Profile) DecodeJSON(payload []byte, r *Reading) (time.Time, error) {
 		return time.Time{}, errors.New("profile " + p.Model + " is not an MQTT profile")
 	}
 	d := jsonDecoder{p: p, r: r, b: payload}
-	d.skipSpace()
-	if d.i >= len(d.b) || d.b[d.i] != '{' {
+	i := skipSpace(payload, 0)
+	if i >= len(payload) || payload[i] != '{' {
 		return time.Time{}, &DecodeError{Msg: "payload is not a JSON object"}
 	}
-	if err := d.value(p.trie, 0); err != nil {
+	i, err := d.object(p.trie, 0, i+1)
+	if err != nil {
 		return time.Time{}, err
 	}
-	d.skipSpace()
-	if d.i != len(d.b) {
-		return time.Time{}, d.syntax("trailing data after the JSON object")
+	if i = skipSpace(payload, i); i != len(payload) {
+		return time.Time{}, syntaxAt(i, "trailing data after the JSON object")
 	}
 	if len(d.errs) > 0 {
 		return d.ts, errors.Join(d.errs...)
@@ -110,179 +154,240 @@ func (p *Profile) DecodeJSON(payload []byte, r *Reading) (time.Time, error) {
 	return d.ts, nil
 }
 
+// jsonDecoder holds what a decode keeps across values. The position in the
+// payload is passed along and returned by its methods (a local in each, so
+// the scans run in registers).
 type jsonDecoder struct {
 	p    *Profile
 	r    *Reading
 	b    []byte
-	i    int
 	ts   time.Time
 	errs []error
 }
 
 const maxJSONDepth = 32
 
-func (d *jsonDecoder) syntax(msg string) error {
-	return &DecodeError{Msg: fmt.Sprintf("invalid JSON at byte %d: %s", d.i, msg)}
+// syntaxAt is a syntax error at byte i of the payload.
+func syntaxAt(i int, msg string) error {
+	return &DecodeError{Msg: fmt.Sprintf("invalid JSON at byte %d: %s", i, msg)}
 }
 
-func (d *jsonDecoder) skipSpace() {
-	for d.i < len(d.b) {
-		switch d.b[d.i] {
-		case ' ', '\t', '\n', '\r':
-			d.i++
-		default:
-			return
-		}
+// skipSpace returns the position of the first byte at or after i that is
+// not JSON white space.
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && b[i] <= ' ' && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
 	}
+	return i
 }
 
-// value parses the value at d.i; n is the trie node for its path (nil when
-// no field lives at or below it, in which case it is only validated).
-func (d *jsonDecoder) value(n *pathNode, depth int) error {
+// value parses the value at i and returns the position after it; n is the
+// trie node for its path (nil when no field lives at or below it, in which
+// case it is only validated). On an error the position is meaningless.
+func (d *jsonDecoder) value(n *pathNode, depth int, i int) (int, error) {
 	if depth > maxJSONDepth {
-		return d.syntax("nested too deeply")
+		return i, syntaxAt(i, "nested too deeply")
 	}
-	d.skipSpace()
-	if d.i >= len(d.b) {
-		return d.syntax("unexpected end")
+	b := d.b
+	i = skipSpace(b, i)
+	if i >= len(b) {
+		return i, syntaxAt(i, "unexpected end")
 	}
-	switch c := d.b[d.i]; {
+	switch c := b[i]; {
 	case c == '{':
-		d.i++
-		d.skipSpace()
-		if d.i < len(d.b) && d.b[d.i] == '}' {
-			d.i++
-			return nil
-		}
-		for {
-			d.skipSpace()
-			key, escaped, err := d.str()
-			if err != nil {
-				return err
-			}
-			var child *pathNode
-			if !escaped {
-				child = n.child(key)
-			} else if n != nil && n.children != nil {
-				k, err := d.text(key, true)
-				if err != nil {
-					return err
-				}
-				child = n.children[k]
-			}
-			d.skipSpace()
-			if d.i >= len(d.b) || d.b[d.i] != ':' {
-				return d.syntax("want ':' after object key")
-			}
-			d.i++
-			if err := d.value(child, depth+1); err != nil {
-				return err
-			}
-			d.skipSpace()
-			if d.i >= len(d.b) {
-				return d.syntax("unterminated object")
-			}
-			if d.b[d.i] == '}' {
-				d.i++
-				return nil
-			}
-			if d.b[d.i] != ',' {
-				return d.syntax("want ',' or '}' in object")
-			}
-			d.i++
-		}
+		return d.object(n, depth, i+1)
 	case c == '[':
-		d.i++
-		d.skipSpace()
-		if d.i < len(d.b) && d.b[d.i] == ']' {
-			d.i++
-			return nil
-		}
-		var idx [20]byte
-		for k := 0; ; k++ {
-			var child *pathNode
-			if n != nil && n.children != nil {
-				child = n.children[string(strconv.AppendInt(idx[:0], int64(k), 10))]
-			}
-			if err := d.value(child, depth+1); err != nil {
-				return err
-			}
-			d.skipSpace()
-			if d.i >= len(d.b) {
-				return d.syntax("unterminated array")
-			}
-			if d.b[d.i] == ']' {
-				d.i++
-				return nil
-			}
-			if d.b[d.i] != ',' {
-				return d.syntax("want ',' or ']' in array")
-			}
-			d.i++
-		}
+		return d.array(n, depth, i+1)
 	case c == '"':
-		raw, escaped, err := d.str()
+		raw, escaped, j, err := d.str(i)
 		if err != nil {
-			return err
+			return j, err
 		}
 		if n != nil && (n.field >= 0 || n.ts) {
 			var s string
 			if f := d.stringField(n); f != nil && !escaped {
 				s = f.internString(raw)
-			} else if s, err = d.text(raw, escaped); err != nil {
-				return err
+			} else if s, err = text(raw, escaped, j); err != nil {
+				return j, err
 			}
 			d.scalar(n, jsonString, s, 0)
 		}
-	case c == 't' || c == 'f' || c == 'n':
-		for _, lit := range [...]string{"true", "false", "null"} {
-			if len(d.b)-d.i >= len(lit) && string(d.b[d.i:d.i+len(lit)]) == lit {
-				d.i += len(lit)
-				switch lit {
-				case "true":
-					d.scalar(n, jsonBool, "", 1)
-				case "false":
-					d.scalar(n, jsonBool, "", 0)
-				}
-				return nil
-			}
+		return j, nil
+	case c == 't':
+		if len(b)-i >= 4 && string(b[i:i+4]) == "true" {
+			d.scalar(n, jsonBool, "", 1)
+			return i + 4, nil
 		}
-		return d.syntax("invalid literal")
+	case c == 'f':
+		if len(b)-i >= 5 && string(b[i:i+5]) == "false" {
+			d.scalar(n, jsonBool, "", 0)
+			return i + 5, nil
+		}
+	case c == 'n':
+		if len(b)-i >= 4 && string(b[i:i+4]) == "null" {
+			return i + 4, nil
+		}
 	case c == '-' || c >= '0' && c <= '9':
-		start := d.i
-		for d.i < len(d.b) {
-			c := d.b[d.i]
-			if c >= '0' && c <= '9' || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E' {
-				d.i++
-				continue
-			}
-			break
-		}
-		num := d.b[start:d.i]
-		if n == nil {
-			// Nobody reads it: only check that it is a JSON number.
-			if !validNumber(num) {
-				d.i = start
-				return d.syntax(fmt.Sprintf("invalid number %q", string(num)))
-			}
-			return nil
-		}
-		x, ok := parseSimpleNumber(num)
-		if !ok {
-			// The bytes live as long as the payload and ParseFloat keeps no
-			// reference on success; on failure the error is built from a copy.
-			var err error
-			x, err = strconv.ParseFloat(unsafe.String(&num[0], len(num)), 64)
-			if err != nil && !errors.Is(err, strconv.ErrRange) || !validNumber(num) {
-				d.i = start
-				return d.syntax(fmt.Sprintf("invalid number %q", string(num)))
-			}
-		}
-		d.scalar(n, jsonNumber, "", x)
+		return d.number(n, i)
 	default:
-		return d.syntax(fmt.Sprintf("unexpected character %q", c))
+		return i, syntaxAt(i, fmt.Sprintf("unexpected character %q", c))
 	}
-	return nil
+	return i, syntaxAt(i, "invalid literal")
+}
+
+// object parses an object's members and its closing brace; i is just past
+// the opening brace.
+func (d *jsonDecoder) object(n *pathNode, depth int, i int) (int, error) {
+	b := d.b
+	i = skipSpace(b, i)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, nil
+	}
+	for {
+		i = skipSpace(b, i)
+		raw, escaped, j, err := d.str(i)
+		if err != nil {
+			return j, err
+		}
+		var child *pathNode
+		if !escaped {
+			child = n.child(b, j-1-len(raw), j-1)
+		} else if n != nil && n.children != nil {
+			k, err := text(raw, true, j)
+			if err != nil {
+				return j, err
+			}
+			child = n.children[k]
+		}
+		i = skipSpace(b, j)
+		if i >= len(b) || b[i] != ':' {
+			return i, syntaxAt(i, "want ':' after object key")
+		}
+		if i, err = d.value(child, depth+1, i+1); err != nil {
+			return i, err
+		}
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return i, syntaxAt(i, "unterminated object")
+		}
+		if b[i] == '}' {
+			return i + 1, nil
+		}
+		if b[i] != ',' {
+			return i, syntaxAt(i, "want ',' or '}' in object")
+		}
+		i++
+	}
+}
+
+// array parses an array's elements and its closing bracket; i is just past
+// the opening bracket.
+func (d *jsonDecoder) array(n *pathNode, depth int, i int) (int, error) {
+	b := d.b
+	i = skipSpace(b, i)
+	if i < len(b) && b[i] == ']' {
+		return i + 1, nil
+	}
+	var idx [20]byte
+	for k := 0; ; k++ {
+		var child *pathNode
+		if n != nil && n.children != nil {
+			child = n.children[string(strconv.AppendInt(idx[:0], int64(k), 10))]
+		}
+		var err error
+		if i, err = d.value(child, depth+1, i); err != nil {
+			return i, err
+		}
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return i, syntaxAt(i, "unterminated array")
+		}
+		if b[i] == ']' {
+			return i + 1, nil
+		}
+		if b[i] != ',' {
+			return i, syntaxAt(i, "want ',' or ']' in array")
+		}
+		i++
+	}
+}
+
+// number parses the number at i. The numbers devices send most,
+// -?digits[.digits] with at most 15 significant digits and no exponent,
+// are scanned, checked and converted in one pass, exactly as
+// parseSimpleNumber converts them; anything else is left to the general
+// path (strconv.ParseFloat and validNumber).
+func (d *jsonDecoder) number(n *pathNode, i int) (int, error) {
+	b := d.b
+	start := i
+	neg := b[i] == '-'
+	if neg {
+		i++
+	}
+	var mant uint64
+	intStart := i
+	for i < len(b) && b[i]-'0' < 10 {
+		mant = mant*10 + uint64(b[i]-'0')
+		i++
+	}
+	intDigits, frac := i-intStart, 0
+	dot := i < len(b) && b[i] == '.'
+	if dot {
+		i++
+		fracStart := i
+		for i < len(b) && b[i]-'0' < 10 {
+			mant = mant*10 + uint64(b[i]-'0')
+			i++
+		}
+		frac = i - fracStart
+	}
+	if intDigits > 0 && intDigits+frac <= 15 && !(dot && frac == 0) && !(intDigits > 1 && b[intStart] == '0') &&
+		!(i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E' || b[i] == '+' || b[i] == '-')) {
+		if n != nil {
+			x := float64(mant) / pow10[frac]
+			if neg {
+				x = -x
+			}
+			d.scalar(n, jsonNumber, "", x)
+		}
+		return i, nil
+	}
+	return d.numberSlow(n, start)
+}
+
+// numberSlow is the general path of number: the longest run of number
+// characters at i, checked against JSON's grammar and parsed by strconv.
+func (d *jsonDecoder) numberSlow(n *pathNode, i int) (int, error) {
+	b := d.b
+	start := i
+	for i < len(b) {
+		c := b[i]
+		if c >= '0' && c <= '9' || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E' {
+			i++
+			continue
+		}
+		break
+	}
+	num := b[start:i]
+	if n == nil {
+		// Nobody reads it: only check that it is a JSON number.
+		if !validNumber(num) {
+			return start, syntaxAt(start, fmt.Sprintf("invalid number %q", string(num)))
+		}
+		return i, nil
+	}
+	x, ok := parseSimpleNumber(num)
+	if !ok {
+		// The bytes live as long as the payload and ParseFloat keeps no
+		// reference on success; on failure the error is built from a copy.
+		var err error
+		x, err = strconv.ParseFloat(unsafe.String(&num[0], len(num)), 64)
+		if err != nil && !errors.Is(err, strconv.ErrRange) || !validNumber(num) {
+			return start, syntaxAt(start, fmt.Sprintf("invalid number %q", string(num)))
+		}
+	}
+	d.scalar(n, jsonNumber, "", x)
+	return i, nil
 }
 
 type jsonKind uint8
@@ -386,50 +491,59 @@ var strStop = func() (t [256]bool) {
 	return t
 }()
 
-// str parses a JSON string at d.i and returns its raw bytes (between the
-// quotes, pointing into the payload) and whether it contains escapes.
-func (d *jsonDecoder) str() ([]byte, bool, error) {
-	if d.i >= len(d.b) || d.b[d.i] != '"' {
-		return nil, false, d.syntax("want a string")
+// str parses a JSON string at i and returns its raw bytes (between the
+// quotes, pointing into the payload), whether it contains escapes and the
+// position after its closing quote.
+func (d *jsonDecoder) str(i int) ([]byte, bool, int, error) {
+	b := d.b
+	if i >= len(b) || b[i] != '"' {
+		return nil, false, i, syntaxAt(i, "want a string")
 	}
-	d.i++
-	start := d.i
+	i++
+	start := i
+	for i < len(b) && !strStop[b[i]] {
+		i++
+	}
+	if i < len(b) && b[i] == '"' { // plain ASCII without escapes: most strings
+		return b[start:i], false, i + 1, nil
+	}
 	escaped, ascii := false, true
-	for d.i < len(d.b) {
-		c := d.b[d.i]
+	for i < len(b) {
+		c := b[i]
 		if !strStop[c] {
-			d.i++
+			i++
 			continue
 		}
 		switch {
 		case c == '"':
-			raw := d.b[start:d.i]
-			d.i++
+			raw := b[start:i]
+			i++
 			if !ascii && !utf8.Valid(raw) {
-				return nil, false, d.syntax("invalid UTF-8 in string")
+				return nil, false, i, syntaxAt(i, "invalid UTF-8 in string")
 			}
-			return raw, escaped, nil
+			return raw, escaped, i, nil
 		case c == '\\':
 			escaped = true
-			d.i += 2
+			i += 2
 		case c < 0x20:
-			return nil, false, d.syntax("control character in string")
+			return nil, false, i, syntaxAt(i, "control character in string")
 		default:
 			ascii = false
-			d.i++
+			i++
 		}
 	}
-	return nil, false, d.syntax("unterminated string")
+	return nil, false, i, syntaxAt(i, "unterminated string")
 }
 
-// text returns a string's content as a Go string, resolving escapes.
-func (d *jsonDecoder) text(raw []byte, escaped bool) (string, error) {
+// text returns a string's content as a Go string, resolving escapes; i is
+// the position after the string, for the error.
+func text(raw []byte, escaped bool, i int) (string, error) {
 	if !escaped {
 		return string(raw), nil
 	}
 	s, err := strconv.Unquote(`"` + string(raw) + `"`)
 	if err != nil {
-		return "", d.syntax("invalid escape in string")
+		return "", syntaxAt(i, "invalid escape in string")
 	}
 	return s, nil
 }
