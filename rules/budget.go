@@ -216,7 +216,7 @@ func trialRun(set *ruleSet, budget time.Duration) error {
 		st.record(vals, now.UnixNano(), now.UnixNano(), ks, 16)
 		c := newEvalCtx(time.UTC)
 		for _, cr := range ks.rules {
-			c.reset(ks, a, st, st.last, now, time.UTC)
+			c.reset(ks, a, st, vals, now, time.UTC)
 			t0 := time.Now()
 			_, err := c.vm.Run(cr.prog, c.env)
 			d := time.Since(t0)

@@ -40,6 +40,7 @@ type kindSet struct {
 	aggs     []aggSpec
 	aggIdx   map[aggSpec]int
 	keep     []int64 // per field: how long history must be kept (0 = none)
+	usesPrev bool    // a rule reads prev(): assets keep their previous reading
 	assets   []*devices.Asset
 	slow     atomic.Bool // a reading of the kind went over the rule budget: time the next rule by rule
 }
@@ -213,10 +214,12 @@ func (c *compiler) groupIndex(kind string, by []string) *groupIndex {
 	}
 	g := &groupIndex{labels: map[string]map[string]string{}, size: map[string]int{}}
 	if c.inv != nil {
-		g.keys = make([]string, c.inv.Len())
 		for _, a := range c.inv.Assets {
 			if a.Kind != kind {
 				continue
+			}
+			if g.keys == nil { // none for a kind without assets
+				g.keys = make([]string, c.inv.Len())
 			}
 			k, l := groupKeyOf(a, by)
 			g.keys[a.Seq] = k
@@ -656,6 +659,7 @@ func (p *patcher) Visit(node *ast.Node) {
 				return
 			}
 			f := p.ks.schema.Fields[i]
+			p.ks.usesPrev = true
 			nn := p.call(prevFuncs[f.Type], &ast.IntegerNode{Value: i})
 			ast.Patch(node, nn)
 			p.names[nn] = "prev(" + f.Name + ")"

@@ -130,49 +130,6 @@ func orderByInhibition(rs []*compiledRule) {
 	sort.SliceStable(rs, func(i, j int) bool { return depth[rs[i]] < depth[rs[j]] })
 }
 
-// assetState is what the engine keeps per asset: the last two readings'
-// values and the history of fields used by window functions.
-type assetState struct {
-	mu     sync.Mutex
-	last   []devices.Value
-	prev   []devices.Value
-	lastNs int64 // time of the last reading, 0 before the first
-	seen   atomic.Int64
-	hist   []*ring
-	slow   bool    // the last reading's rules took longer than the rule budget: time the next one's rule by rule
-	disp   display // display history (its buffer is allocated on the first reading)
-}
-
-func (s *assetState) seenNs() int64 { return s.seen.Load() }
-
-// record keeps a reading's values at sample time now; seenAt is when the
-// gateway received it (what absence rules and age() measure from).
-func (s *assetState) record(vals []devices.Value, now, seenAt int64, ks *kindSet, max int) {
-	s.prev, s.last = s.last, s.prev
-	if cap(s.last) < len(vals) {
-		s.last = make([]devices.Value, len(vals))
-	}
-	s.last = s.last[:len(vals)]
-	copy(s.last, vals)
-	s.lastNs = now
-	s.seen.Store(seenAt)
-	if ks == nil {
-		return
-	}
-	for i, keep := range ks.keep {
-		if keep == 0 || i >= len(vals) || !vals[i].Valid() {
-			continue
-		}
-		if s.hist == nil {
-			s.hist = make([]*ring, len(ks.keep))
-		}
-		if s.hist[i] == nil {
-			s.hist[i] = &ring{}
-		}
-		s.hist[i].push(now, vals[i], keep, max)
-	}
-}
-
 type metrics struct {
 	evals       prometheus.Counter
 	readings    prometheus.Counter
@@ -572,12 +529,12 @@ func (e *Engine) Eval(ctx context.Context, r *devices.Reading) {
 	if e.opts.DisplaySamples > 0 && a.Schema != nil {
 		st.disp.push(now.UnixNano(), r.Values, e.opts.DisplaySamples, a.Schema)
 	}
-	if ks == nil || len(ks.schema.Fields) != len(st.last) {
+	if ks == nil || len(ks.schema.Fields) != len(r.Values) {
 		st.mu.Unlock()
 		return
 	}
 	c := e.pool.Get().(*evalCtx)
-	c.reset(ks, a, st, st.last, now, e.opts.Location)
+	c.reset(ks, a, st, r.Values, now, e.opts.Location)
 	// Time rules one by one only after a reading (of this asset or kind)
 	// whose rules took longer than one rule may: a healthy gateway reads
 	// no clock per rule.
@@ -974,7 +931,8 @@ func (e *Engine) Tick(ctx context.Context, now time.Time) {
 		for _, a := range ks.assets {
 			st := &e.assets[a.Seq]
 			st.mu.Lock()
-			vals := st.last
+			c.scratch = st.lastValues(c.scratch)
+			vals := c.scratch
 			if len(vals) != len(ks.schema.Fields) {
 				vals = make([]devices.Value, len(ks.schema.Fields))
 			}

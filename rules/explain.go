@@ -180,17 +180,17 @@ func Explain(ctx context.Context, cat *devices.Catalog, inv *devices.Inventory, 
 	ex.Readings = n
 	st := &e.assets[ea.Seq]
 	ks := e.set.Load().kinds[a.Kind]
-	if st.lastNs != 0 && len(st.last) == len(ks.schema.Fields) {
+	if last := st.lastValues(nil); st.lastNs != 0 && len(last) == len(ks.schema.Fields) {
 		ex.AssetLast = time.Unix(0, st.lastNs).In(opts.Location)
 		ex.Values = map[string]any{}
 		for i, f := range ks.schema.Fields {
-			if st.last[i].Valid() {
-				ex.Values[f.Name] = box(st.last[i])
+			if last[i].Valid() {
+				ex.Values[f.Name] = box(last[i])
 			}
 		}
 		if ecr.prog != nil {
 			c := newEvalCtx(opts.Location)
-			c.reset(ks, ea, st, st.last, ex.AssetLast, opts.Location)
+			c.reset(ks, ea, st, last, ex.AssetLast, opts.Location)
 			ex.Tree, err = explainTree(ks, ecr, c)
 			if err != nil {
 				return nil, err
@@ -386,12 +386,15 @@ func windowUses(ks *kindSet, cr *compiledRule, c *evalCtx) []WindowUse {
 		spec := ks.aggs[p.idx]
 		w := WindowUse{Expr: p.name, Field: ks.schema.Fields[spec.field].Name, Window: time.Duration(spec.window).String(),
 			From: time.Unix(0, c.nowNs-spec.window).In(c.now.Location()), To: c.now, Samples: []WindowSample{}}
-		if c.st != nil && spec.field < len(c.st.hist) && c.st.hist[spec.field] != nil {
-			r := c.st.hist[spec.field]
-			for i := 0; i < r.n; i++ {
+		var r *ring
+		if c.st != nil {
+			r = c.st.ringOf(spec.field)
+		}
+		if r != nil {
+			for i := 0; i < int(r.n); i++ {
 				t, v := r.at(i)
 				if t > c.nowNs-spec.window && t <= c.nowNs {
-					w.Samples = append(w.Samples, WindowSample{Time: time.Unix(0, t).In(c.now.Location()), Value: box(*v)})
+					w.Samples = append(w.Samples, WindowSample{Time: time.Unix(0, t).In(c.now.Location()), Value: box(v)})
 				}
 			}
 		}

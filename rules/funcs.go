@@ -42,6 +42,8 @@ type evalCtx struct {
 	pboxed []any
 	pboxOK []bool
 	timed  bool // time each rule against the rule budget
+	// scratch holds an asset's decoded last reading on a Tick.
+	scratch []devices.Value
 }
 
 func newEvalCtx(loc *time.Location) *evalCtx {
@@ -179,10 +181,14 @@ func (c *evalCtx) prevField(i int) (any, error) {
 	if c.pboxOK[i] {
 		return c.pboxed[i], nil
 	}
-	if c.st == nil || i >= len(c.st.prev) || !c.st.prev[i].Valid() {
+	if c.st == nil {
 		return nil, errNoData
 	}
-	b := box(c.st.prev[i])
+	v := c.st.prevValue(i)
+	if !v.Valid() {
+		return nil, errNoData
+	}
+	b := box(v)
 	c.pboxed[i], c.pboxOK[i] = b, true
 	return b, nil
 }
@@ -201,8 +207,8 @@ func (c *evalCtx) agg(slot int) (any, error) {
 	spec := c.ks.aggs[slot]
 	c.memoOK[slot] = true
 	var r *ring
-	if c.st != nil && spec.field < len(c.st.hist) {
-		r = c.st.hist[spec.field]
+	if c.st != nil {
+		r = c.st.ringOf(spec.field)
 	}
 	if r == nil {
 		c.memo[slot] = nil

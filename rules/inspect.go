@@ -30,14 +30,15 @@ func (e *Engine) AssetHistory(id string) (fields []string, series [][]Sample) {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for i, r := range st.hist {
-		if r == nil || r.n == 0 || a.Schema == nil || i >= len(a.Schema.Fields) {
+	for i := 0; a.Schema != nil && i < len(a.Schema.Fields); i++ {
+		r := st.ringOf(i)
+		if r == nil || r.n == 0 {
 			continue
 		}
 		ss := make([]Sample, r.n)
-		for j := 0; j < r.n; j++ {
+		for j := 0; j < int(r.n); j++ {
 			t, v := r.at(j)
-			ss[j] = Sample{Time: time.Unix(0, t), Value: *v}
+			ss[j] = Sample{Time: time.Unix(0, t), Value: v}
 		}
 		fields = append(fields, a.Schema.Fields[i].Name)
 		series = append(series, ss)
@@ -61,7 +62,7 @@ func (e *Engine) LastReading(id string) (r devices.Reading, ok bool) {
 		return devices.Reading{}, false
 	}
 	r = devices.Reading{Asset: a, Time: time.Unix(0, st.lastNs), Received: time.Unix(0, st.seen.Load()),
-		Values: append([]devices.Value(nil), st.last...)}
+		Values: st.lastValues(nil)}
 	return r, true
 }
 

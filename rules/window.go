@@ -8,66 +8,149 @@ import (
 
 // ring is one field's recent samples of one asset, oldest first, bounded in
 // time by the longest window any loaded rule uses on the field and in count
-// by a hard cap. It grows by doubling up to the cap, so steady state appends
-// allocate nothing.
+// by a hard cap. It is compact, as every asset of a kind with a window rule
+// keeps one: a sample is a uint32 time (milliseconds after base, re-based
+// when a sample would not fit: windows are at most 7 days, the offsets
+// reach 49 days) and a float64 value for numeric and bool fields (bools as
+// 0/1, the type kept once per ring so that count() and changes() know it),
+// or a string for string fields. It grows by half up to the cap, so steady
+// state appends allocate nothing. Sample times are kept to the millisecond.
 type ring struct {
-	t    []int64 // unix nanoseconds
-	v    []devices.Value
-	head int // index of the oldest sample
-	n    int
+	t     []uint32  // milliseconds after base; len is the capacity
+	v     []float64 // numeric and bool samples (nil for a string field)
+	s     []string  // string samples (nil for a numeric field)
+	base  int64     // unix milliseconds
+	head  int32     // index of the oldest sample
+	n     int32     // samples held
+	field uint16    // the schema index of the field (in assetState.hist)
+	typ   devices.Type
 }
 
-func (r *ring) at(i int) (int64, *devices.Value) {
-	j := r.head + i
+// msOf is the millisecond of unix nanoseconds ns (floor).
+func msOf(ns int64) int64 {
+	ms := ns / 1e6
+	if ns < 0 && ns%1e6 != 0 {
+		ms--
+	}
+	return ms
+}
+
+func (r *ring) idx(i int) int {
+	j := int(r.head) + i
 	if j >= len(r.t) {
 		j -= len(r.t)
 	}
-	return r.t[j], &r.v[j]
+	return j
 }
 
-// push appends a sample and evicts those older than now-keep. When the ring
-// is full at max samples, the oldest is overwritten.
-func (r *ring) push(t int64, v devices.Value, keep int64, max int) {
+// timeAt is the time of the i-th oldest sample in unix nanoseconds.
+func (r *ring) timeAt(i int) int64 { return (r.base + int64(r.t[r.idx(i)])) * 1e6 }
+
+// at returns the i-th oldest sample.
+func (r *ring) at(i int) (int64, devices.Value) {
+	j := r.idx(i)
+	t := (r.base + int64(r.t[j])) * 1e6
+	switch r.typ {
+	case devices.String:
+		return t, devices.StringValue(r.s[j])
+	case devices.Bool:
+		return t, devices.BoolValue(r.v[j] != 0)
+	case devices.Int:
+		return t, devices.IntValue(int64(r.v[j]))
+	}
+	return t, devices.FloatValue(r.v[j])
+}
+
+// push appends a sample at unix nanoseconds t and evicts those older than
+// t-keep (and any later than t: the clock went back). When the ring is full
+// at limit samples, the oldest is overwritten. A sample without a value is
+// not kept (aggregates skip it).
+func (r *ring) push(t int64, v devices.Value, keep int64, limit int) {
+	if !v.Valid() {
+		return
+	}
 	for r.n > 0 {
-		ot, _ := r.at(0)
+		ot := r.timeAt(0)
 		if ot > t-keep && ot <= t {
 			break
 		}
-		r.head++
-		if r.head == len(r.t) {
-			r.head = 0
-		}
-		r.n--
+		r.drop()
 	}
-	if r.n == len(r.t) {
-		if len(r.t) >= max {
-			// Full at the cap: drop the oldest.
-			r.head++
-			if r.head == len(r.t) {
-				r.head = 0
-			}
-			r.n--
+	if (v.Type == devices.String) != (r.typ == devices.String) && r.typ != devices.Invalid {
+		// The field's type changed (a profile edit): start afresh.
+		*r = ring{field: r.field}
+	}
+	r.typ = v.Type
+	ms := msOf(t)
+	if r.n == 0 {
+		r.head, r.base = 0, ms
+	}
+	if off := ms - r.base; off < 0 || off > math.MaxUint32 {
+		r.rebase(ms)
+	}
+	if int(r.n) == len(r.t) {
+		if len(r.t) >= limit {
+			r.drop() // full at the cap: drop the oldest
 		} else {
-			size := 2 * len(r.t)
-			if size < 8 {
-				size = 8
-			}
-			if size > max {
-				size = max
-			}
-			nt, nv := make([]int64, size), make([]devices.Value, size)
-			for i := 0; i < r.n; i++ {
-				nt[i], nv[i] = r.t[(r.head+i)%len(r.t)], r.v[(r.head+i)%len(r.t)]
-			}
-			r.t, r.v, r.head = nt, nv, 0
+			r.grow(limit)
 		}
 	}
-	j := r.head + r.n
-	if j >= len(r.t) {
-		j -= len(r.t)
+	j := r.idx(int(r.n))
+	r.t[j] = uint32(ms - r.base)
+	if r.typ == devices.String {
+		r.s[j] = v.S
+	} else {
+		r.v[j] = v.Float64()
 	}
-	r.t[j], r.v[j] = t, v
 	r.n++
+}
+
+func (r *ring) drop() {
+	if r.s != nil {
+		r.s[r.head] = "" // do not pin the string
+	}
+	r.head++
+	if int(r.head) == len(r.t) {
+		r.head = 0
+	}
+	r.n--
+}
+
+func (r *ring) grow(limit int) {
+	size := min(max(len(r.t)+len(r.t)/2, 8), limit)
+	nt := make([]uint32, size)
+	var nv []float64
+	var ns []string
+	if r.typ == devices.String {
+		ns = make([]string, size)
+	} else {
+		nv = make([]float64, size)
+	}
+	for i := 0; i < int(r.n); i++ {
+		j := r.idx(i)
+		nt[i] = r.t[j]
+		if ns != nil {
+			ns[i] = r.s[j]
+		} else {
+			nv[i] = r.v[j]
+		}
+	}
+	r.t, r.v, r.s, r.head = nt, nv, ns, 0
+}
+
+// rebase moves base to the oldest sample kept, or to ms (unix
+// milliseconds) with none; push has evicted everything outside
+// (ms-keep, ms], and keep is at most 7 days, so the offsets fit.
+func (r *ring) rebase(ms int64) {
+	nb := ms
+	if r.n > 0 {
+		nb = min(nb, r.base+int64(r.t[r.head]))
+	}
+	for i := 0; i < int(r.n); i++ {
+		j := r.idx(i)
+		r.t[j] = uint32(r.base + int64(r.t[j]) - nb)
+	}
+	r.base = nb
 }
 
 // Window operations.
@@ -98,24 +181,26 @@ func (r *ring) aggregate(op aggOp, now, window int64) (float64, bool) {
 		firstT, lastT int64
 		first, last   float64
 		changes       int
-		prev          *devices.Value
-		isBool        bool
+		prevJ         = -1
 	)
-	for i := 0; i < r.n; i++ {
-		t, v := r.at(i)
-		if t <= from || t > now || !v.Valid() {
+	for i := 0; i < int(r.n); i++ {
+		j := r.idx(i)
+		t := (r.base + int64(r.t[j])) * 1e6
+		if t <= from || t > now {
 			continue
 		}
 		if op == opChanges {
-			if prev != nil && !prev.Equal(*v) {
+			if prevJ >= 0 && !r.equal(prevJ, j) {
 				changes++
 			}
-			prev = v
+			prevJ = j
 			n++
 			continue
 		}
-		x := v.Float64()
-		isBool = v.Type == devices.Bool
+		x := math.NaN() // strings (only changes() may read them; kept for safety)
+		if r.v != nil {
+			x = r.v[j]
+		}
 		if n == 0 {
 			firstT, first = t, x
 		}
@@ -137,7 +222,7 @@ func (r *ring) aggregate(op aggOp, now, window int64) (float64, bool) {
 	case opSum:
 		return sum, true
 	case opCount:
-		if isBool {
+		if r.typ == devices.Bool {
 			return sum, true // bools: how many samples were true
 		}
 		return float64(n), true
@@ -152,4 +237,14 @@ func (r *ring) aggregate(op aggOp, now, window int64) (float64, bool) {
 		return float64(changes), true
 	}
 	return 0, false
+}
+
+// equal reports whether samples i and j (storage indexes) are the same
+// value; NaN equals NaN, as in devices.Value.Equal.
+func (r *ring) equal(i, j int) bool {
+	if r.typ == devices.String {
+		return r.s[i] == r.s[j]
+	}
+	a, b := r.v[i], r.v[j]
+	return a == b || a != a && b != b
 }
