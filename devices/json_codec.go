@@ -25,6 +25,40 @@ type pathNode struct {
 	order []string // the children's keys in the order the profile names them
 	field int      // index in Profile.Fields, or -1
 	ts    bool     // the timestamp lives here
+	fast  fastKind // how scalar may store the field's common values directly
+}
+
+// fastKind names a field whose common JSON values scalar stores without
+// Field.fromJSON (whose checks compare the raw type's name, a string, and
+// return a Value and an error): a plain float or int, a bool, or a string.
+// Values that would fail a check still go through fromJSON, for its error.
+type fastKind uint8
+
+const (
+	fastNone fastKind = iota
+	fastFloat
+	fastInt
+	fastBool
+	fastString
+)
+
+// fastKindOf is the fastKind of f: only fields without enum and scale,
+// whose decoded type is what their raw type says.
+func fastKindOf(f *Field) fastKind {
+	if f.Enum != nil || f.Scale != nil || f.divisor != 0 {
+		return fastNone
+	}
+	switch {
+	case f.Type == RawFloat && f.Out == Float:
+		return fastFloat
+	case f.Type == RawInt && f.Out == Int:
+		return fastInt
+	case f.Type == RawBool && f.Out == Bool:
+		return fastBool
+	case f.Type == RawString && f.Out == String:
+		return fastString
+	}
+	return fastNone
 }
 
 type shortKey struct {
@@ -117,7 +151,8 @@ func (p *Profile) buildTrie() *pathNode {
 		return n
 	}
 	for i := range p.Fields {
-		insert(p.Fields[i].pathParts).field = i
+		n := insert(p.Fields[i].pathParts)
+		n.field, n.fast = i, fastKindOf(&p.Fields[i])
 	}
 	if len(p.tsParts) > 0 {
 		insert(p.tsParts).ts = true
@@ -417,12 +452,41 @@ func (d *jsonDecoder) scalar(n *pathNode, kind jsonKind, s string, x float64) {
 		return
 	}
 	f := &d.p.Fields[n.field]
+	switch n.fast {
+	case fastFloat: // fromJSON's path: finishFloat adds the offset, checks the range
+		if kind == jsonNumber && x-x == 0 {
+			if x += f.Offset; f.inRange(x) {
+				d.r.Values[f.Index] = Value{Type: Float, F: x}
+				return
+			}
+		}
+	case fastInt: // fromJSON's path: finishInt checks the range
+		if kind == jsonNumber && x == math.Trunc(x) && math.Abs(x) <= 1<<53 && f.inRange(float64(int64(x))) {
+			d.r.Values[f.Index] = Value{Type: Int, I: int64(x)}
+			return
+		}
+	case fastBool:
+		if kind == jsonBool || kind == jsonNumber && (x == 0 || x == 1) {
+			d.r.Values[f.Index] = BoolValue(x != 0)
+			return
+		}
+	case fastString:
+		if kind == jsonString {
+			d.r.Values[f.Index] = Value{Type: String, S: s}
+			return
+		}
+	}
 	v, err := f.fromJSON(kind, s, x)
 	if err != nil {
 		d.errs = append(d.errs, err)
 		return
 	}
 	d.r.Values[f.Index] = v
+}
+
+// inRange reports whether x passes checkRange.
+func (f *Field) inRange(x float64) bool {
+	return (f.Min == nil || x >= *f.Min) && (f.Max == nil || x <= *f.Max)
 }
 
 func (f *Field) fromJSON(kind jsonKind, s string, x float64) (Value, error) {
