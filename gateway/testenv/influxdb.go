@@ -7,17 +7,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/citygw/citygw/gateway/influxql"
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 // InfluxDBInstall is how a missing influxd is installed.
-const InfluxDBInstall = "GOBIN=${CITYGW_TOOLS:-$HOME/.cache/citygw/bin} go install github.com/influxdata/influxdb/cmd/influxd@v1.8.10"
+const InfluxDBInstall = localproc.InfluxDBInstall
 
 // DefaultInfluxDB is the database StartInfluxDB creates.
 const DefaultInfluxDB = "citygw"
@@ -32,6 +31,7 @@ type InfluxDB struct {
 	DB   string // the database created at start (DefaultInfluxDB)
 
 	t    testing.TB
+	srv  *localproc.InfluxDB
 	http *http.Client
 }
 
@@ -55,48 +55,15 @@ func StartInfluxDBWith(t testing.TB, opts InfluxDBOptions) *InfluxDB {
 	if opts.MaxBodySize <= 0 {
 		opts.MaxBodySize = 25000000
 	}
-	bin := RequireTool(t, "influxd", InfluxDBInstall)
+	RequireTool(t, "influxd", InfluxDBInstall)
 	dir := t.TempDir()
-	db := &InfluxDB{Dir: dir, Port: FreePort(t), DB: DefaultInfluxDB, t: t, http: &http.Client{Timeout: 30 * time.Second}}
-	rpcPort := FreePort(t)
-	conf := fmt.Sprintf(`reporting-disabled = true
-bind-address = "127.0.0.1:%d"
-
-[meta]
-  dir = %q
-  logging-enabled = false
-
-[data]
-  dir = %q
-  wal-dir = %q
-  query-log-enabled = false
-
-[monitor]
-  store-enabled = false
-
-[continuous_queries]
-  enabled = false
-  log-enabled = false
-
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:%d"
-  auth-enabled = false
-  log-enabled = false
-  flux-enabled = true
-  pprof-enabled = false
-  max-body-size = %d
-
-[logging]
-  level = "warn"
-  suppress-logo = true
-`, rpcPort, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), db.Port, opts.MaxBodySize)
-	cfgFile := filepath.Join(dir, "influxdb.conf")
-	if err := os.WriteFile(cfgFile, []byte(conf), 0o644); err != nil {
-		t.Fatalf("writing influxd config: %v", err)
+	srv, err := localproc.NewInfluxDB(localproc.InfluxDBOptions{Dir: dir, Flux: true, MaxBodySize: opts.MaxBodySize})
+	if err != nil {
+		t.Fatal(err)
 	}
-	db.Proc = StartProcess(t, bin, "run", "-config", cfgFile)
-	db.waitReady()
+	db := &InfluxDB{Proc: watch(t, srv.Process), Dir: dir, Port: srv.Port, DB: DefaultInfluxDB, t: t, srv: srv,
+		http: &http.Client{Timeout: 30 * time.Second}}
+	db.Start()
 	db.CreateDB(db.DB)
 	return db
 }
@@ -108,41 +75,22 @@ func (db *InfluxDB) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", db.
 // retention policy, "db/autogen".
 func (db *InfluxDB) Bucket() string { return db.DB + "/autogen" }
 
-func (db *InfluxDB) waitReady() {
-	db.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := db.http.Get(db.URL() + "/ping")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusNoContent {
-				return
-			}
-		}
-		if !db.Proc.Running() {
-			db.t.Fatalf("influxd exited during start:\n%s", db.Proc.Output())
-		}
-		if time.Now().After(deadline) {
-			db.t.Fatalf("influxd did not answer /ping on %s within 30s (last error %v)", db.URL(), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // Stop shuts the server down (SIGTERM), keeping its data and ports.
 func (db *InfluxDB) Stop() { db.Proc.Stop() }
 
 // Kill kills the server (SIGKILL, a crash), keeping its data and ports.
 func (db *InfluxDB) Kill() { db.Proc.Kill() }
 
-// Start restarts a stopped server on the same ports and data and waits until
-// it answers /ping.
+// Start (re)starts the server on its ports and data and waits until it
+// answers /ping.
 func (db *InfluxDB) Start() {
 	db.t.Helper()
 	if err := db.Proc.Start(); err != nil {
 		db.t.Fatal(err)
 	}
-	db.waitReady()
+	if err := db.srv.WaitReady(30 * time.Second); err != nil {
+		db.t.Fatalf("%v:\n%s", err, db.Proc.Output())
+	}
 }
 
 // CreateDB creates a database (idempotent); it fails the test on error.

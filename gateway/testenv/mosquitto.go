@@ -16,9 +16,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
-const mosquittoInstall = "apt-get install -y mosquitto mosquitto-clients"
+const mosquittoInstall = localproc.MosquittoInstall
 
 // Mosquitto is a mosquitto broker started for one test, listening on
 // 127.0.0.1 on free ports. Stop, Start and Restart keep the ports, so a client

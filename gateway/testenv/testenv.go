@@ -6,48 +6,32 @@
 // Tools are looked up on PATH and in the tools directory ($CITYGW_TOOLS, by
 // default $HOME/.cache/citygw/bin), where `make tools` puts the influxd it
 // builds. A missing tool fails the test with the command that installs it.
+//
+// The work itself (tools, ports, child processes, influxd's configuration)
+// is gateway/localproc's, shared with the city benchmark; testenv adds what
+// a test needs: failing it, cleaning up when it ends, logging output.
 package testenv
 
 import (
 	"bytes"
 	"fmt"
-	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
-// ToolsDir is where `make tools` installs binaries that are not on PATH.
-func ToolsDir() string {
-	if d := os.Getenv("CITYGW_TOOLS"); d != "" {
-		return d
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return ".tools"
-	}
-	return filepath.Join(home, ".cache", "citygw", "bin")
-}
+// ToolsDir is where `make tools` installs binaries that are not on PATH
+// ($CITYGW_TOOLS, by default $HOME/.cache/citygw/bin).
+func ToolsDir() string { return localproc.ToolsDir() }
 
 // LookTool finds an executable on PATH, in ToolsDir, or in /usr/sbin (Debian
 // installs mosquitto there, often not on a user's PATH).
-func LookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{ToolsDir(), "/usr/sbin", "/usr/local/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH, in %s or /usr/sbin", name, ToolsDir())
-}
+func LookTool(name string) (string, error) { return localproc.LookTool(name) }
 
 // RequireTool returns the tool's path or fails the test saying how to install it.
 func RequireTool(t testing.TB, name, install string) string {
@@ -62,42 +46,22 @@ func RequireTool(t testing.TB, name, install string) string {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := localproc.FreePort()
 	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // WaitTCP waits until something accepts connections on addr.
-func WaitTCP(addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("nothing listening on %s after %v: %w", addr, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+func WaitTCP(addr string, timeout time.Duration) error { return localproc.WaitTCP(addr, timeout) }
 
-// Process is a child process whose output is kept for the test log.
+// Process is a child process (see localproc.Process: Start, Stop, Kill,
+// Signal, Running, Pid, and the fields Dir and Env to change before a
+// Start) whose output is kept for the test log.
 type Process struct {
-	Name string
-	Args []string
-	Dir  string
-	Env  []string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	out  *SyncBuffer
-	done chan struct{}
-	t    testing.TB
+	*localproc.Process
+	out *SyncBuffer
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: a
@@ -123,10 +87,18 @@ func (s *SyncBuffer) String() string {
 // output is logged if the test failed.
 func StartProcess(t testing.TB, name string, args ...string) *Process {
 	t.Helper()
-	p := &Process{Name: name, Args: args, t: t, out: &SyncBuffer{}}
+	p := watch(t, &localproc.Process{Path: name, Args: args})
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// watch keeps lp's output for the test (lp not started yet): stopped when
+// the test ends, its output logged if the test failed.
+func watch(t testing.TB, lp *localproc.Process) *Process {
+	p := &Process{Process: lp, out: &SyncBuffer{}}
+	lp.Tee = p.out
 	t.Cleanup(func() {
 		p.Stop()
 		if t.Failed() {
@@ -134,115 +106,23 @@ func StartProcess(t testing.TB, name string, args ...string) *Process {
 			if len(out) > 20000 {
 				out = "…" + out[len(out)-20000:]
 			}
-			t.Logf("output of %s:\n%s", filepath.Base(p.Name), out)
+			t.Logf("output of %s:\n%s", filepath.Base(p.Path), out)
 		}
 	})
 	return p
 }
 
-// Start (re)starts the process.
-func (p *Process) Start() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil {
-		return fmt.Errorf("%s already running", p.Name)
+// Wait waits for the process to exit by itself; how it exited does not
+// matter here (its output tells).
+func (p *Process) Wait(timeout time.Duration) error {
+	if err := p.Process.Wait(timeout); err != nil && p.Running() {
+		return err
 	}
-	cmd := exec.Command(p.Name, p.Args...)
-	cmd.Dir = p.Dir
-	if p.Env != nil {
-		cmd.Env = append(os.Environ(), p.Env...)
-	}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", p.Name, err)
-	}
-	fmt.Fprintf(p.out, "=== started %s %s (pid %d)\n", filepath.Base(p.Name), strings.Join(p.Args, " "), cmd.Process.Pid)
-	p.cmd = cmd
-	p.done = make(chan struct{})
-	go func(done chan struct{}) {
-		cmd.Wait()
-		close(done)
-	}(p.done)
 	return nil
 }
 
-// Running reports whether the process is started and has not exited.
-func (p *Process) Running() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// Pid returns the process id, or 0.
-func (p *Process) Pid() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
-
-// Signal sends sig to the process group.
-func (p *Process) Signal(sig syscall.Signal) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return fmt.Errorf("%s not running", p.Name)
-	}
-	return syscall.Kill(-p.cmd.Process.Pid, sig)
-}
-
-// Stop sends SIGTERM, waits up to 10 s, then SIGKILL.
-func (p *Process) Stop() { p.stop(syscall.SIGTERM, 10*time.Second) }
-
-// Kill sends SIGKILL (a crash, not a shutdown) and waits for the exit.
-func (p *Process) Kill() { p.stop(syscall.SIGKILL, 10*time.Second) }
-
-func (p *Process) stop(sig syscall.Signal, grace time.Duration) {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.cmd = nil
-	p.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	syscall.Kill(-cmd.Process.Pid, sig)
-	select {
-	case <-done:
-	case <-time.After(grace):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	}
-	fmt.Fprintf(p.out, "=== stopped %s with %v\n", filepath.Base(p.Name), sig)
-}
-
-// Wait waits for the process to exit by itself.
-func (p *Process) Wait(timeout time.Duration) error {
-	p.mu.Lock()
-	done := p.done
-	p.mu.Unlock()
-	if done == nil {
-		return nil
-	}
-	select {
-	case <-done:
-		return nil
-	case <-time.After(timeout):
-		return fmt.Errorf("%s still running after %v", p.Name, timeout)
-	}
-}
-
-// Output returns everything the process printed so far.
+// Output returns everything the process printed so far, over all its runs,
+// with a line at each start and stop.
 func (p *Process) Output() string { return p.out.String() }
 
 // WaitOutput waits until the output contains s.
@@ -250,7 +130,7 @@ func (p *Process) WaitOutput(s string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(p.Output(), s) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not print %q within %v", filepath.Base(p.Name), s, timeout)
+			return fmt.Errorf("%s did not print %q within %v", filepath.Base(p.Path), s, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
