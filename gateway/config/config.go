@@ -18,6 +18,7 @@ import (
 
 	"github.com/citygw/citygw/caseclient"
 	"github.com/citygw/citygw/devices/yamlconf"
+	"github.com/citygw/citygw/gateway/gctune"
 	"github.com/citygw/citygw/gateway/influx"
 	"github.com/citygw/citygw/gateway/modbuspoll"
 	"github.com/citygw/citygw/gateway/mqttsub"
@@ -39,6 +40,9 @@ type Config struct {
 	Cases     *Cases     `yaml:"cases,omitempty"`
 	WAL       wal.Config `yaml:"wal,omitempty"` // the telemetry write-ahead log; on by default
 	Time      TimeCheck  `yaml:"timestamps,omitempty"`
+	// Runtime tunes Go's garbage collector (gc_percent, memory_limit);
+	// the GOGC and GOMEMLIMIT environment variables win over it.
+	Runtime gctune.Config `yaml:"runtime,omitempty"`
 
 	// File is the path the configuration was loaded from.
 	File string `yaml:"-"`
@@ -230,6 +234,9 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 			return p
 		}
 		return filepath.Join(base, p)
+	}
+	if err := c.Runtime.Validate(); err != nil {
+		add("$.runtime.memory_limit", "runtime.memory_limit", "%v", err)
 	}
 	if c.Gateway.ID == "" {
 		add("$.gateway", "gateway.id", "required: it tags every point this gateway writes")

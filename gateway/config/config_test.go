@@ -70,6 +70,7 @@ func TestParseErrors(t *testing.T) {
 		{"two secret sources", "gateway: {id: g}\ninventory: i\ninfluxdb: {url: u, bucket: b, token: {env: A, value: b}}\n", "give one of env, file or value"},
 		{"mqtt without subs", ok + "mqtt: {broker: 'tcp://x:1', client_id: c}\n", "mqtt.subscriptions: at least one"},
 		{"bad log level", ok + "log: {level: loud}\n", `log.level: want debug, info, warn or error, got "loud"`},
+		{"bad memory limit", ok + "runtime: {memory_limit: 300MB}\n", `gw.yaml:4:25: runtime.memory_limit: want a size such as 600MiB (units B, KiB, MiB, GiB, TiB), got "300MB"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -31,6 +31,9 @@ type Changes struct {
 	// AdminToken: the admin token (or the secret it comes from) changed;
 	// replaced in place.
 	AdminToken bool
+	// Runtime: the garbage collector's settings (runtime) changed; applied
+	// in place.
+	Runtime bool
 	// NextStart lists settings that apply only when the process starts
 	// again (log).
 	NextStart []string
@@ -38,7 +41,7 @@ type Changes struct {
 
 // None reports whether nothing changed.
 func (c Changes) None() bool {
-	return len(c.Restart) == 0 && !c.Rules && !c.AdminListen && !c.AdminToken && len(c.NextStart) == 0
+	return len(c.Restart) == 0 && !c.Rules && !c.AdminListen && !c.AdminToken && !c.Runtime && len(c.NextStart) == 0
 }
 
 // Lines describes the changes for the log and the reload's answer.
@@ -56,6 +59,9 @@ func (c Changes) Lines() []string {
 	}
 	if c.AdminToken {
 		out = append(out, "admin.token: replaced")
+	}
+	if c.Runtime {
+		out = append(out, "runtime: garbage collector settings applied in place")
 	}
 	if c.AdminListen {
 		out = append(out, "admin.listen: the admin listener moves once this answer is sent")
@@ -89,6 +95,8 @@ func Diff(old, nw *Deployment) Changes {
 		case "admin":
 			ch.AdminListen = old.Config.Admin.Listen != nw.Config.Admin.Listen
 			ch.AdminToken = old.sums["admin.token"] != nw.sums["admin.token"]
+		case "runtime":
+			ch.Runtime = !reflect.DeepEqual(old.Config.Runtime, nw.Config.Runtime)
 		case "log":
 			if old.Config.Log != nw.Config.Log {
 				ch.NextStart = append(ch.NextStart, name)

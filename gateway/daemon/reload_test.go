@@ -144,6 +144,7 @@ func TestDiff(t *testing.T) {
 		{"admin token rotated in its file", func(d *deployDir) { d.write(d.tokenFile, "tok-2\n") }, Changes{AdminToken: true}},
 		{"admin listener moved", func(d *deployDir) { d.adminListen = "127.0.0.1:1"; d.writeAll() }, Changes{AdminListen: true}},
 		{"log level", func(d *deployDir) { d.logLevel = "debug"; d.writeAll() }, Changes{NextStart: []string{"log"}}},
+		{"garbage collector", func(d *deployDir) { d.configTail = "runtime: {gc_percent: 30, memory_limit: 512MiB}\n"; d.writeAll() }, Changes{Runtime: true}},
 		{"influxdb and gateway id", func(d *deployDir) {
 			b, _ := os.ReadFile(d.cfg)
 			s := strings.Replace(string(b), "flush_interval: 100ms", "flush_interval: 200ms", 1)

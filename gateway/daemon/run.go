@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/citygw/citygw/gateway/admin"
 	"github.com/citygw/citygw/gateway/config"
+	"github.com/citygw/citygw/gateway/gctune"
 	"github.com/citygw/citygw/rules"
 )
 
@@ -39,6 +42,7 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	if err != nil {
 		return fmt.Errorf("admin token: %w", err)
 	}
+	tuneRuntime(d.Config.Runtime, log)
 	r.adm = admin.New(prometheus.GathererFunc(r.gather), token, log.With("component", "admin"))
 	r.adm.SetStatus(r.status)
 	r.adm.HandleLifecycle("POST /-/reload", http.HandlerFunc(r.serveReload))
@@ -295,6 +299,7 @@ func (r *runner) reload(ctx context.Context, reply chan<- reloadResult) {
 		r.m.lastOK.Set(1)
 		r.m.lastOKTime.SetToCurrentTime()
 		r.log.Info("deployment reloaded", "applied", res.Applied, "changes", strings.Join(res.Changes, "; "))
+		tuneRuntime(r.d.Config.Runtime, r.log)
 	} else {
 		r.m.failures.Inc()
 		r.m.lastOK.Set(0)
@@ -409,4 +414,19 @@ func (r *runner) restart(ctx context.Context, nd *Deployment) error {
 	}
 	r.start(ctx, g)
 	return nil
+}
+
+// tuneRuntime applies the configuration's garbage-collector settings
+// (gateway/gctune) and logs what is in force.
+func tuneRuntime(c gctune.Config, log *slog.Logger) {
+	s, err := gctune.Apply(c, gctune.SystemEnv())
+	if err != nil { // validated with the configuration: not expected
+		log.Error("runtime settings not applied", "err", err)
+		return
+	}
+	limit := "none"
+	if s.MemoryLimit != math.MaxInt64 {
+		limit = strconv.FormatInt(s.MemoryLimit>>20, 10) + "MiB"
+	}
+	log.Info("garbage collector", "gc_percent", s.GCPercent, "gc_percent_from", s.GCFrom, "memory_limit", limit, "memory_limit_from", s.LimitFrom)
 }

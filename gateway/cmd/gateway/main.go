@@ -24,6 +24,7 @@ import (
 	"syscall"
 
 	"github.com/citygw/citygw/gateway/daemon"
+	"github.com/citygw/citygw/gateway/gctune"
 )
 
 const (
@@ -69,6 +70,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if fs.NArg() > 0 {
 			fmt.Fprintf(stderr, "gateway %s: unexpected arguments %v\n", args[0], fs.Args())
 			return exitUsage
+		}
+		if args[0] == "run" {
+			// The collector's defaults while the deployment (a city's
+			// inventory) loads; Run applies the configured settings.
+			_, _ = gctune.Apply(gctune.Config{}, gctune.SystemEnv())
 		}
 		d, err := daemon.Load(*cfgFile)
 		if err != nil {
