@@ -25,6 +25,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 // Options are the benchmark's settings, shared by every scenario.
@@ -152,17 +154,17 @@ func New(ctx context.Context, o Options) (*Bench, error) {
 	if _, err := os.Stat(filepath.Join(o.Repo, "go.mod")); err != nil {
 		return nil, fmt.Errorf("%s is not the repository root: %w", o.Repo, err)
 	}
-	if _, err := LookTool("mosquitto"); err != nil {
-		return nil, fmt.Errorf("%w; install it with: apt-get install -y mosquitto mosquitto-clients", err)
+	if _, err := localproc.RequireTool("mosquitto", localproc.MosquittoInstall); err != nil {
+		return nil, err
 	}
 	if o.has(SysCitygw) || o.has(SysTelegraf) {
-		if _, err := LookTool("influxd"); err != nil {
-			return nil, fmt.Errorf("%w; install it with: %s", err, InfluxDBInstall)
+		if _, err := localproc.RequireTool("influxd", InfluxDBInstall); err != nil {
+			return nil, err
 		}
 	}
 	if o.has(SysTelegraf) {
-		if b.Telegraf, err = LookTool("telegraf"); err != nil {
-			return nil, fmt.Errorf("%w; install it with: CITYGW_TOOLS_BENCH=1 bash scripts/tools.sh (builds telegraf v1.37.2 from its Go module), or leave telegraf out of -systems", err)
+		if b.Telegraf, err = localproc.RequireTool("telegraf", "CITYGW_TOOLS_BENCH=1 bash scripts/tools.sh (builds telegraf v1.37.2 from its Go module), or leave telegraf out of -systems"); err != nil {
+			return nil, err
 		}
 	}
 	bin := filepath.Join(o.Work, "bin")

@@ -120,18 +120,6 @@ func TestSampleProc(t *testing.T) {
 	}
 }
 
-func TestLastLine(t *testing.T) {
-	var l lastLine
-	for _, c := range []struct{ write, want string }{
-		{"abc", ""}, {"def\nghi", "abcdef"}, {"\n", "ghi"}, {"x\ny\nz", "y"}, {"\n\n", ""},
-	} {
-		l.Write([]byte(c.write))
-		if got := l.get(); got != c.want {
-			t.Errorf("after %q: last line %q, want %q", c.write, got, c.want)
-		}
-	}
-}
-
 func TestReport(t *testing.T) {
 	r := &Report{Scenario: "burst", Date: time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC), Params: map[string]any{"messages": 100},
 		Systems: []*SystemResult{

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 // latency is the scenario "detection latency: a fault injected in
@@ -467,7 +468,7 @@ func (b *Bench) startCityStack(ctx context.Context, dir string, so cityStackOpti
 	invFile := filepath.Join(dir, "inventory.yaml")
 	args := append([]string{"run", "-city", filepath.Join(b.Opts.Repo, "configs", "city-small.yaml"), "-modbus-base-port", "0",
 		"-mqtt", cs.Broker.URL(), "-control", "127.0.0.1:0", "-inventory-out", invFile, "-speed", "1", "-start", "now", "-log-level", "warn"}, so.simArgs...)
-	cs.Sim = &Process{Name: "firmware-sim", Path: b.Sim, Args: args, LogFile: filepath.Join(dir, "firmware-sim.log")}
+	cs.Sim = child(&Process{Name: "firmware-sim", Path: b.Sim, Args: args, LogFile: filepath.Join(dir, "firmware-sim.log")})
 	fmt.Fprintf(p, "citybench: starting firmware-sim %s\n", strings.Join(so.simArgs, " "))
 	if err = cs.Sim.Start(); err != nil {
 		return cs, err
@@ -495,14 +496,14 @@ func (b *Bench) startCityStack(ctx context.Context, dir string, so cityStackOpti
 		if err != nil {
 			return cs, err
 		}
-		port, err := FreePort()
+		port, err := localproc.FreePort()
 		if err != nil {
 			return cs, err
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		codes := filepath.Join(b.Opts.Repo, "configs", "citycodes.yaml")
-		cs.Desk = &Process{Name: "casedesk", Path: deskBin, LogFile: filepath.Join(dir, "casedesk.log"),
-			Args: []string{"-listen", addr, "-dir", filepath.Join(dir, "desk"), "-api-key", deskAPIKey, "-citycodes", codes}}
+		cs.Desk = child(&Process{Name: "casedesk", Path: deskBin, LogFile: filepath.Join(dir, "casedesk.log"),
+			Args: []string{"-listen", addr, "-dir", filepath.Join(dir, "desk"), "-api-key", deskAPIKey, "-citycodes", codes}})
 		if err = cs.Desk.Start(); err != nil {
 			return cs, err
 		}
@@ -521,7 +522,7 @@ func (b *Bench) startCityStack(ctx context.Context, dir string, so cityStackOpti
     desk: {api_key: {env: CITYBENCH_DESK_API_KEY}}
 `, codes, cs.DeskURL)
 	}
-	port, err := FreePort()
+	port, err := localproc.FreePort()
 	if err != nil {
 		return cs, err
 	}
@@ -556,8 +557,8 @@ rules:
 	if err = os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return cs, err
 	}
-	cs.GW = &Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", cfgFile}, Env: env,
-		LogFile: filepath.Join(dir, "gateway.log")}
+	cs.GW = child(&Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", cfgFile}, Env: env,
+		LogFile: filepath.Join(dir, "gateway.log")})
 	fmt.Fprintf(p, "citybench: starting the gateway (%d assets)\n", cs.Inv.Len())
 	if err = cs.GW.Start(); err != nil {
 		return cs, err

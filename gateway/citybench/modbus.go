@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -296,17 +295,8 @@ func (cs *cityStack) storedIntervals(from, to time.Time) ([]float64, int, error)
 
 // currentRSS returns VmRSS of pid in bytes (0 when unreadable).
 func currentRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
+	rss, _ := procStatus(pid, "VmRSS")
+	return rss
 }
 
 // promText is a scrape of the gateway's /metrics.

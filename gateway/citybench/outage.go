@@ -110,7 +110,7 @@ func (b *Bench) runOutage(ctx context.Context, sys string, inv *Inventory, p ste
 	if err := firstErr(err1, err2, err3); err != nil {
 		return fail(fmt.Errorf("sampling: %w", err))
 	}
-	load := &Process{Name: "publisher", Path: b.Sim, Args: append(p.Args(b), "-mqtt", st.Broker.URL()), LogFile: filepath.Join(st.Dir, "publisher.log")}
+	load := child(&Process{Name: "publisher", Path: b.Sim, Args: append(p.Args(b), "-mqtt", st.Broker.URL()), LogFile: filepath.Join(st.Dir, "publisher.log")})
 	if err := load.Start(); err != nil {
 		return fail(err)
 	}
@@ -318,28 +318,10 @@ func loadSummary(load *Process) (LoadSummary, error) {
 // directory and port) after it was stopped, and waits until it answers
 // /ping.
 func (db *InfluxDB) restart(timeout time.Duration) error {
-	old := db.Process
-	if !old.Exited() {
-		return fmt.Errorf("%s is still running", old.Name)
+	if !db.Exited() {
+		return fmt.Errorf("%s is still running", db.Name)
 	}
-	db.Process = &Process{Name: old.Name, Path: old.Path, Args: old.Args, Env: old.Env, LogFile: old.LogFile}
-	if err := db.Start(); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := db.http.Get(db.URL() + "/ping")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusNoContent {
-				return nil
-			}
-		}
-		if db.Exited() || time.Now().After(deadline) {
-			return fmt.Errorf("influxd did not answer /ping on %s after its restart (log %s): %v", db.URL(), db.LogFile, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return db.start(timeout)
 }
 
 // scrapeGauge returns the value of an unlabelled metric from a Prometheus

@@ -4,208 +4,28 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
+
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
-// Process is a child process of the benchmark. Its stdout and stderr go to
-// a log file in the run's directory; the last complete line of each is kept
-// for progress parsing.
-type Process struct {
-	Name    string // short name for tables and messages: mosquitto, influxd, gateway, …
-	Path    string
-	Args    []string
-	Env     []string // added to the benchmark's environment
-	LogFile string
+// Process is a child process of the benchmark.
+type Process = localproc.Process
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	done   chan struct{}
-	state  *os.ProcessState
-	log    *os.File
-	stdout lastLine
-	stderr lastLine
-}
+// stopGrace is how long a benchmark child has to stop after SIGTERM: influxd
+// may flush a large cache.
+const stopGrace = 20 * time.Second
 
-// lastLine is an io.Writer that copies to w and remembers the last complete
-// line written.
-type lastLine struct {
-	mu   sync.Mutex
-	w    *os.File
-	part []byte
-	last string
-	all  bytes.Buffer // only when keepAll
-	keep bool
-}
-
-func (l *lastLine) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.w != nil {
-		l.w.Write(p)
-	}
-	if l.keep {
-		l.all.Write(p)
-	}
-	l.part = append(l.part, p...)
-	if i := bytes.LastIndexByte(l.part, '\n'); i >= 0 {
-		lines := l.part[:i]
-		if j := bytes.LastIndexByte(lines, '\n'); j >= 0 {
-			lines = lines[j+1:]
-		}
-		l.last = string(lines)
-		l.part = append(l.part[:0], l.part[i+1:]...)
-	}
-	return len(p), nil
-}
-
-func (l *lastLine) get() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.last
-}
-
-// Start starts the process in its own process group.
-func (p *Process) Start() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil {
-		return fmt.Errorf("%s already started", p.Name)
-	}
-	f, err := os.OpenFile(p.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("starting %s: %w", p.Name, err)
-	}
-	fmt.Fprintf(f, "=== %s %s %s\n", time.Now().Format(time.RFC3339Nano), p.Path, strings.Join(p.Args, " "))
-	p.log = f
-	p.stdout.w, p.stderr.w = f, f
-	p.stdout.keep = true
-	cmd := exec.Command(p.Path, p.Args...)
-	cmd.Env = append(os.Environ(), p.Env...)
-	cmd.Stdout, cmd.Stderr = &p.stdout, &p.stderr
-	// Its own process group, so that Stop reaches its children too; killed
-	// with the benchmark if the benchmark dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return fmt.Errorf("starting %s: %w", p.Name, err)
-	}
-	p.cmd = cmd
-	p.done = make(chan struct{})
-	go func() {
-		cmd.Wait()
-		p.mu.Lock()
-		p.state = cmd.ProcessState
-		p.mu.Unlock()
-		close(p.done)
-	}()
-	return nil
-}
-
-// Pid returns the process id (0 before Start).
-func (p *Process) Pid() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
-
-// Exited reports whether the process ended.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.doneChan():
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *Process) doneChan() chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.done == nil {
-		c := make(chan struct{})
-		close(c)
-		return c
-	}
-	return p.done
-}
-
-// Wait waits up to timeout for the process to exit by itself and returns its
-// exit error.
-func (p *Process) Wait(timeout time.Duration) error {
-	select {
-	case <-p.doneChan():
-	case <-time.After(timeout):
-		return fmt.Errorf("%s still running after %v", p.Name, timeout)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.state != nil && !p.state.Success() {
-		return fmt.Errorf("%s: %v (log %s)", p.Name, p.state, p.LogFile)
-	}
-	return nil
-}
-
-// Stop sends SIGTERM to the process group, waits up to 20 s, then SIGKILL.
-func (p *Process) Stop() {
-	pid := p.Pid()
-	if pid == 0 || p.Exited() {
-		p.closeLog()
-		return
-	}
-	syscall.Kill(-pid, syscall.SIGTERM)
-	select {
-	case <-p.doneChan():
-	case <-time.After(20 * time.Second):
-		syscall.Kill(-pid, syscall.SIGKILL)
-		<-p.doneChan()
-	}
-	p.closeLog()
-}
-
-func (p *Process) closeLog() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.log != nil {
-		p.log.Close()
-		p.log = nil
-	}
-}
-
-// LastStdout and LastStderr return the last complete line of each stream.
-func (p *Process) LastStdout() string { return p.stdout.get() }
-func (p *Process) LastStderr() string { return p.stderr.get() }
-
-// Stdout returns everything the process wrote on stdout.
-func (p *Process) Stdout() string {
-	p.stdout.mu.Lock()
-	defer p.stdout.mu.Unlock()
-	return p.stdout.all.String()
-}
-
-// Usage returns the CPU seconds and peak RSS of a process that exited, from
-// the kernel's rusage (the whole life of the process).
-func (p *Process) Usage() (cpu float64, peakRSS int64, ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.state == nil {
-		return 0, 0, false
-	}
-	cpu = (p.state.UserTime() + p.state.SystemTime()).Seconds()
-	if ru, ok := p.state.SysUsage().(*syscall.Rusage); ok {
-		peakRSS = ru.Maxrss * 1024 // kilobytes on Linux
-	}
-	return cpu, peakRSS, true
+// child makes p, not started, a child of the benchmark: killed with the
+// benchmark if the benchmark dies, stopGrace to stop. Its output goes to
+// p.LogFile, in the run's directory; the last complete line of each stream
+// and all of stdout are kept for progress and summaries.
+func child(p *Process) *Process {
+	p.StopGrace, p.KillWithParent = stopGrace, true
+	return p
 }
 
 // CPUSample is a process's cumulative CPU time and peak RSS at one moment,
@@ -244,72 +64,25 @@ func SampleProc(pid int) (CPUSample, error) {
 		return s, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
 	s.CPU = float64(ut+st) / clkTck
+	s.PeakRSS, err = procStatus(pid, "VmHWM")
+	return s, err
+}
+
+// procStatus returns a size from /proc/PID/status in bytes (VmHWM, VmRSS);
+// 0 when the process has no such line.
+func procStatus(pid int, key string) (int64, error) {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return s, err
+		return 0, err
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			if err != nil {
-				return s, fmt.Errorf("/proc/%d/status VmHWM: %w", pid, err)
+				return 0, fmt.Errorf("/proc/%d/status %s: %w", pid, key, err)
 			}
-			s.PeakRSS = kb * 1024
+			return kb * 1024, nil
 		}
 	}
-	return s, nil
-}
-
-// LookTool finds an executable on PATH, in the tools directory
-// ($CITYGW_TOOLS, default ~/.cache/citygw/bin, where scripts/tools.sh
-// installs influxd and telegraf) or in /usr/sbin.
-func LookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{ToolsDir(), "/usr/sbin", "/usr/local/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH, in %s or /usr/sbin", name, ToolsDir())
-}
-
-// ToolsDir is $CITYGW_TOOLS or ~/.cache/citygw/bin.
-func ToolsDir() string {
-	if d := os.Getenv("CITYGW_TOOLS"); d != "" {
-		return d
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return ".tools"
-	}
-	return filepath.Join(home, ".cache", "citygw", "bin")
-}
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// WaitTCP waits until something accepts connections on addr.
-func WaitTCP(addr string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("nothing listening on %s after %v: %w", addr, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return 0, nil
 }

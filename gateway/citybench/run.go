@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/citygw/citygw/firmware-sim/loadgen"
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 // The identities the systems run under.
@@ -48,8 +49,8 @@ func (b *Bench) Inventory(ctx context.Context, n int) (*Inventory, error) {
 		return nil, err
 	}
 	fmt.Fprintf(b.Opts.Progress, "citybench: generating the inventory of %d bins\n", n)
-	p := &Process{Name: "firmware-sim inventory", Path: b.Sim, LogFile: filepath.Join(dir, "inventory.log"),
-		Args: []string{"inventory", "-city", b.CityFile, "-bins", strconv.Itoa(n), "-cabinets", "0", "-gas", "0", "-o", inv.File}}
+	p := child(&Process{Name: "firmware-sim inventory", Path: b.Sim, LogFile: filepath.Join(dir, "inventory.log"),
+		Args: []string{"inventory", "-city", b.CityFile, "-bins", strconv.Itoa(n), "-cabinets", "0", "-gas", "0", "-o", inv.File}})
 	if err := p.Start(); err != nil {
 		return nil, err
 	}
@@ -127,9 +128,9 @@ func (b *Bench) StartStack(ctx context.Context, system, dir string, inv *Invento
 	switch system {
 	case SysCeiling:
 		clientID = counterClientID
-		st.SUT = &Process{Name: "counter", Path: b.Sim, LogFile: filepath.Join(dir, "counter.log"),
+		st.SUT = child(&Process{Name: "counter", Path: b.Sim, LogFile: filepath.Join(dir, "counter.log"),
 			Args: []string{"load", "-count", "-messages", strconv.FormatInt(expect, 10), "-mqtt", st.Broker.URL(),
-				"-client-id", clientID, "-filter", binFilter}}
+				"-client-id", clientID, "-filter", binFilter}})
 	case SysCitygw, SysTelegraf:
 		if st.DB, err = StartInfluxDB(dir); err != nil {
 			return st, err
@@ -168,7 +169,7 @@ func (b *Bench) StartStack(ctx context.Context, system, dir string, inv *Invento
 // citygw writes the gateway's configuration from configs/bench/gateway.yaml
 // and returns its process (not started) and admin URL.
 func (b *Bench) citygw(st *Stack, inv *Inventory) (*Process, string, error) {
-	port, err := FreePort()
+	port, err := localproc.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -190,13 +191,13 @@ func (b *Bench) citygw(st *Stack, inv *Inventory) (*Process, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return &Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", file},
-		LogFile: filepath.Join(st.Dir, "gateway.log")}, "http://" + admin, nil
+	return child(&Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", file},
+		LogFile: filepath.Join(st.Dir, "gateway.log")}), "http://" + admin, nil
 }
 
 // telegraf returns the Telegraf process (not started) for configs/bench/telegraf.conf.
 func (b *Bench) telegraf(st *Stack, inv *Inventory) *Process {
-	return &Process{Name: "telegraf", Path: b.Telegraf, LogFile: filepath.Join(st.Dir, "telegraf.log"),
+	return child(&Process{Name: "telegraf", Path: b.Telegraf, LogFile: filepath.Join(st.Dir, "telegraf.log"),
 		Args: []string{"--config", filepath.Join(b.Opts.Repo, "configs", "bench", "telegraf.conf")},
 		Env: []string{
 			"CITYBENCH_BROKER=" + st.Broker.URL(),
@@ -207,7 +208,7 @@ func (b *Bench) telegraf(st *Stack, inv *Inventory) *Process {
 			"CITYBENCH_LOOKUP=" + inv.Lookup,
 			"CITYBENCH_BATCH_SIZE=" + strconv.Itoa(b.Opts.BatchSize),
 			"CITYBENCH_FLUSH=" + b.Opts.FlushInterval.String(),
-		}}
+		}})
 }
 
 func waitReady(ctx context.Context, url string, timeout time.Duration) error {
@@ -267,7 +268,7 @@ func (b *Bench) Measure(ctx context.Context, st *Stack, args []string, want int6
 		}
 		t.at = s
 	}
-	load := &Process{Name: "publisher", Path: b.Sim, Args: append(args, "-mqtt", st.Broker.URL()), LogFile: filepath.Join(st.Dir, "publisher.log")}
+	load := child(&Process{Name: "publisher", Path: b.Sim, Args: append(args, "-mqtt", st.Broker.URL()), LogFile: filepath.Join(st.Dir, "publisher.log")})
 	if err := load.Start(); err != nil {
 		return res, err
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/citygw/citygw/gateway/influxql"
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 // Mosquitto is a broker started fresh for one system's run, configured from
@@ -28,11 +29,11 @@ func (m *Mosquitto) URL() string { return fmt.Sprintf("tcp://127.0.0.1:%d", m.Po
 // StartMosquitto writes the broker's configuration into dir from the
 // template and starts it.
 func StartMosquitto(repo, dir string) (*Mosquitto, error) {
-	bin, err := LookTool("mosquitto")
+	bin, err := localproc.RequireTool("mosquitto", localproc.MosquittoInstall)
 	if err != nil {
-		return nil, fmt.Errorf("%w; install it with: apt-get install -y mosquitto mosquitto-clients", err)
+		return nil, err
 	}
-	port, err := FreePort()
+	port, err := localproc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -42,12 +43,12 @@ func StartMosquitto(repo, dir string) (*Mosquitto, error) {
 	}); err != nil {
 		return nil, err
 	}
-	m := &Mosquitto{Port: port, Process: &Process{Name: "mosquitto", Path: bin, Args: []string{"-c", conf},
-		LogFile: filepath.Join(dir, "mosquitto.log")}}
+	m := &Mosquitto{Port: port, Process: child(&Process{Name: "mosquitto", Path: bin, Args: []string{"-c", conf},
+		LogFile: filepath.Join(dir, "mosquitto.log")})}
 	if err := m.Start(); err != nil {
 		return nil, err
 	}
-	if err := WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+	if err := localproc.WaitTCP(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
 		m.Stop()
 		return nil, fmt.Errorf("mosquitto did not start (log %s): %w", m.LogFile, err)
 	}
@@ -80,93 +81,44 @@ func (m *Mosquitto) WaitSubscribed(ctx context.Context, clientID, filter string,
 }
 
 // InfluxDB is an influxd 1.8 started fresh for one system's run: HTTP API
-// on a free loopback port, data in its directory, auth off.
+// on a free loopback port, data in its directory, auth off, no limit on
+// the values of a tag (126,000 assets), log in influxd.log.
 type InfluxDB struct {
-	*Process
-	Port int
+	*localproc.InfluxDB
 	http *http.Client
 }
 
 // InfluxDBInstall is how a missing influxd is installed (scripts/tools.sh does it).
-const InfluxDBInstall = "bash scripts/tools.sh (or GOBIN=${CITYGW_TOOLS:-$HOME/.cache/citygw/bin} go install github.com/influxdata/influxdb/cmd/influxd@v1.8.10)"
+const InfluxDBInstall = localproc.InfluxDBInstall
 
 // StartInfluxDB writes an influxd configuration into dir, starts it and
 // waits until it answers /ping.
 func StartInfluxDB(dir string) (*InfluxDB, error) {
-	bin, err := LookTool("influxd")
-	if err != nil {
-		return nil, fmt.Errorf("%w; install it with: %s", err, InfluxDBInstall)
-	}
-	port, err := FreePort()
+	srv, err := localproc.NewInfluxDB(localproc.InfluxDBOptions{Dir: dir, UnlimitedTagValues: true})
 	if err != nil {
 		return nil, err
 	}
-	rpc, err := FreePort()
-	if err != nil {
+	srv.LogFile = filepath.Join(dir, "influxd.log")
+	child(srv.Process)
+	db := &InfluxDB{InfluxDB: srv, http: &http.Client{Timeout: 60 * time.Second}}
+	if err := db.start(60 * time.Second); err != nil {
 		return nil, err
 	}
-	conf := fmt.Sprintf(`reporting-disabled = true
-bind-address = "127.0.0.1:%d"
-
-[meta]
-  dir = %q
-  logging-enabled = false
-
-[data]
-  dir = %q
-  wal-dir = %q
-  query-log-enabled = false
-  # The city's 126,000 assets are 126,000 values of the asset tag: over
-  # the default limit of 100,000, InfluxDB would refuse their points.
-  max-values-per-tag = 0
-
-[monitor]
-  store-enabled = false
-
-[continuous_queries]
-  enabled = false
-  log-enabled = false
-
-[http]
-  enabled = true
-  bind-address = "127.0.0.1:%d"
-  auth-enabled = false
-  log-enabled = false
-  flux-enabled = false
-  pprof-enabled = false
-
-[logging]
-  level = "warn"
-  suppress-logo = true
-`, rpc, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), port)
-	file := filepath.Join(dir, "influxdb.conf")
-	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
-		return nil, fmt.Errorf("writing influxd config: %w", err)
-	}
-	db := &InfluxDB{Port: port, http: &http.Client{Timeout: 60 * time.Second},
-		Process: &Process{Name: "influxd", Path: bin, Args: []string{"run", "-config", file}, LogFile: filepath.Join(dir, "influxd.log")}}
-	if err := db.Start(); err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := db.http.Get(db.URL() + "/ping")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusNoContent {
-				return db, nil
-			}
-		}
-		if db.Exited() || time.Now().After(deadline) {
-			db.Stop()
-			return nil, fmt.Errorf("influxd did not answer /ping on %s (log %s): %v", db.URL(), db.LogFile, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return db, nil
 }
 
-// URL is the HTTP API's base URL.
-func (db *InfluxDB) URL() string { return fmt.Sprintf("http://127.0.0.1:%d", db.Port) }
+// start starts influxd (at first, or again after an outage on the same
+// data and port) and waits up to timeout until it answers /ping.
+func (db *InfluxDB) start(timeout time.Duration) error {
+	if err := db.Start(); err != nil {
+		return err
+	}
+	if err := db.WaitReady(timeout); err != nil {
+		db.Stop()
+		return fmt.Errorf("%w (log %s)", err, db.LogFile)
+	}
+	return nil
+}
 
 // CreateDB creates a database.
 func (db *InfluxDB) CreateDB(name string) error {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 // newBench builds the binaries into a temporary work directory and checks
@@ -21,7 +23,7 @@ func newBench(t *testing.T, systems ...string) *Bench {
 	var keep []string
 	for _, s := range systems {
 		if s == SysTelegraf {
-			if _, err := LookTool("telegraf"); err != nil {
+			if _, err := localproc.LookTool("telegraf"); err != nil {
 				t.Logf("telegraf left out: %v", err)
 				continue
 			}
@@ -127,8 +129,8 @@ func TestTelegrafMatchesCitygw(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	load := &Process{Name: "publisher", Path: b.Sim, Args: append(b.LoadArgs(assets, "-messages", fmt.Sprint(messages)), "-mqtt", broker.URL()),
-		LogFile: filepath.Join(dir, "publisher.log")}
+	load := child(&Process{Name: "publisher", Path: b.Sim, Args: append(b.LoadArgs(assets, "-messages", fmt.Sprint(messages)), "-mqtt", broker.URL()),
+		LogFile: filepath.Join(dir, "publisher.log")})
 	if err := load.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/citygw/citygw/gateway/localproc"
 )
 
 func TestSteadyPlan(t *testing.T) {
@@ -161,7 +163,7 @@ func TestOutageSmall(t *testing.T) {
 		t.Skip("starts mosquitto, influxd and the gateway")
 	}
 	for _, tool := range []string{"mosquitto", "influxd"} {
-		if _, err := LookTool(tool); err != nil {
+		if _, err := localproc.LookTool(tool); err != nil {
 			t.Skip(err)
 		}
 	}

@@ -79,9 +79,9 @@ type InfluxDB struct {
 // into opts.Dir. It does not start it: set the Process's output fields,
 // then Start and WaitReady.
 func NewInfluxDB(opts InfluxDBOptions) (*InfluxDB, error) {
-	bin, err := LookTool("influxd")
+	bin, err := RequireTool("influxd", InfluxDBInstall)
 	if err != nil {
-		return nil, fmt.Errorf("%w; install it with: %s", err, InfluxDBInstall)
+		return nil, err
 	}
 	port, err := FreePort()
 	if err != nil {

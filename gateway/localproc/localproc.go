@@ -53,6 +53,15 @@ func LookTool(name string) (string, error) {
 	return "", fmt.Errorf("%s not found on PATH, in %s or /usr/sbin", name, ToolsDir())
 }
 
+// RequireTool is LookTool, failing with how to install the tool.
+func RequireTool(name, install string) (string, error) {
+	p, err := LookTool(name)
+	if err != nil {
+		return "", fmt.Errorf("%w; install it with: %s", err, install)
+	}
+	return p, nil
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -71,6 +71,21 @@ func TestProcessOutput(t *testing.T) {
 	}
 }
 
+// TestLastLine feeds a stream pieces of output: its last line is the last
+// complete one, whatever the pieces.
+func TestLastLine(t *testing.T) {
+	p := &Process{}
+	s := &stream{p: p}
+	for _, c := range []struct{ write, want string }{
+		{"abc", ""}, {"def\nghi", "abcdef"}, {"\n", "ghi"}, {"x\ny\nz", "y"}, {"\n\n", ""},
+	} {
+		s.Write([]byte(c.write))
+		if got := p.last(s); got != c.want {
+			t.Errorf("after %q: last line %q, want %q", c.write, got, c.want)
+		}
+	}
+}
+
 func TestProcessWait(t *testing.T) {
 	for _, tc := range []struct {
 		script  string
