@@ -113,6 +113,7 @@ type Status struct {
 type Subscriber struct {
 	cfg   Config
 	inv   *devices.Inventory
+	ids   *assetIndex // inv's assets by id, for the workers' lookups
 	h     Handler
 	log   *slog.Logger
 	m     *metrics
@@ -172,7 +173,7 @@ func New(cfg Config, inv *devices.Inventory, h Handler, reg prometheus.Registere
 	if err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
-	s := &Subscriber{cfg: cfg, inv: inv, h: h, log: log.With("broker", cfg.Broker), m: m, tmpls: tmpls, tls: tlsConf, quit: make(chan struct{})}
+	s := &Subscriber{cfg: cfg, inv: inv, ids: newAssetIndex(inv), h: h, log: log.With("broker", cfg.Broker), m: m, tmpls: tmpls, tls: tlsConf, quit: make(chan struct{})}
 	s.shards = make([]chan item, cfg.Workers)
 	for i := range s.shards {
 		s.shards[i] = make(chan item, cfg.QueueSize)
@@ -234,14 +235,7 @@ func (s *Subscriber) onMessage(_ mqtt.Client, msg mqtt.Message) {
 }
 
 // shardOf hashes key (FNV-1a) onto n workers.
-func shardOf(key string, n int) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h ^= uint32(key[i])
-		h *= 16777619
-	}
-	return int(h % uint32(n))
-}
+func shardOf(key string, n int) int { return int(fnv1a(key) % uint32(n)) }
 
 // settled marks a message as no longer in flight in the subscriber.
 func (s *Subscriber) settled() {
@@ -395,7 +389,7 @@ func (s *Subscriber) decode(w *worker, it item, r *devices.Reading) (_ *devices.
 	var a *devices.Asset
 	if it.tmpl >= 0 && s.tmpls[it.tmpl].HasAsset() {
 		if it.asset != "" {
-			a = s.inv.Lookup(it.asset)
+			a = s.ids.lookup(it.asset)
 		}
 	} else {
 		a = s.inv.ByTopic(topic)
