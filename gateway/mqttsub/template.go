@@ -32,6 +32,11 @@ type Template struct {
 	Share  string // shared-subscription group, or ""
 	segs   []segment
 	asset  int // index of the {asset} level, or -1
+	// simple: the template is literal levels and {asset}, nothing else;
+	// Match then compares prefix (the levels before {asset}, each with its
+	// '/') and suffix (the levels after, each with its '/') as strings.
+	simple         bool
+	prefix, suffix string
 }
 
 // HasAsset reports whether the template names the asset level; without it the
@@ -87,6 +92,20 @@ func ParseTemplate(s string) (*Template, error) {
 		filter[i] = l
 	}
 	t.Filter = strings.Join(filter, "/")
+	t.simple = t.asset >= 0
+	for _, sg := range t.segs {
+		if sg.kind != segLiteral && sg.kind != segAsset {
+			t.simple = false
+		}
+	}
+	if t.simple {
+		for _, l := range levels[:t.asset] {
+			t.prefix += l + "/"
+		}
+		for _, l := range levels[t.asset+1:] {
+			t.suffix += "/" + l
+		}
+	}
 	if t.Share != "" {
 		t.Filter = "$share/" + t.Share + "/" + t.Filter
 	}
@@ -102,6 +121,16 @@ func (t *Template) Match(topic string) (asset string, ok bool) {
 	}
 	// MQTT: wildcards at the first level do not match topics starting with '$'.
 	if topic[0] == '$' && len(t.segs) > 0 && t.segs[0].kind != segLiteral {
+		return "", false
+	}
+	if t.simple && len(topic) > len(t.prefix)+len(t.suffix) &&
+		strings.HasPrefix(topic, t.prefix) && strings.HasSuffix(topic, t.suffix) {
+		// The common case, decided without splitting the topic: the
+		// levels between prefix and suffix must be exactly one.
+		asset = topic[len(t.prefix) : len(topic)-len(t.suffix)]
+		if strings.IndexByte(asset, '/') < 0 {
+			return asset, true
+		}
 		return "", false
 	}
 	rest := topic

@@ -153,6 +153,10 @@ func FuzzTemplateMatch(f *testing.F) {
 		{"a/+", "a/"},
 		{"a//{asset}", "a//x"},
 		{"+/{asset}/+", "/x/"},
+		{"{asset}", "b7"},
+		{"city/bins/{asset}/telemetry", "city/bins//telemetry"},
+		{"city/bins/{asset}/telemetry", "city/bins/a/telemetry/telemetry"},
+		{"a/{asset}/a", "a/a/a/a"},
 	}
 	for _, s := range seeds {
 		f.Add(s[0], s[1])
@@ -171,6 +175,13 @@ func FuzzTemplateMatch(f *testing.F) {
 		}
 		if !ok && asset != "" {
 			t.Fatalf("%q.Match(%q) returned asset %q without a match", tmpl, topic, asset)
+		}
+		if tm.simple { // the prefix/suffix shortcut agrees with the level-by-level match
+			g := *tm
+			g.simple = false
+			if ga, gok := g.Match(topic); ga != asset || gok != ok {
+				t.Fatalf("%q.Match(%q) = %q %v, level by level %q %v", tmpl, topic, asset, ok, ga, gok)
+			}
 		}
 		if ok && tm.HasAsset() {
 			// The asset is the topic level at the {asset} position.
