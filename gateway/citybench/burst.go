@@ -52,33 +52,22 @@ func (s burst) Run(ctx context.Context, b *Bench) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	var failed []string
-	for _, sys := range o.Systems {
-		fmt.Fprintf(o.Progress, "citybench: %s: starting a fresh stack\n", sys)
-		dir := filepath.Join(o.Work, "burst-"+sys)
-		st, err := b.StartStack(ctx, sys, dir, inv, int64(messages))
-		if err != nil {
-			rep.Systems = append(rep.Systems, &SystemResult{System: sys, Error: err.Error()})
-			failed = append(failed, sys+": "+err.Error())
-			continue
-		}
-		res, err := b.Measure(ctx, st, b.LoadArgs(assets, "-messages", strconv.Itoa(messages)), int64(messages))
-		st.Stop()
-		if err != nil {
-			if res.Error == "" {
-				res.Error = err.Error()
-			}
-			failed = append(failed, sys+": "+err.Error())
-		}
-		rep.Systems = append(rep.Systems, res)
-		if ctx.Err() != nil {
-			break
-		}
+	return b.eachSystem(ctx, rep, "", func(sys string) (*SystemResult, error) {
+		return b.runBurst(ctx, sys, inv, messages, assets)
+	})
+}
+
+// runBurst measures one system under the burst on a fresh stack.
+func (b *Bench) runBurst(ctx context.Context, sys string, inv *Inventory, messages, assets int) (*SystemResult, error) {
+	fmt.Fprintf(b.Opts.Progress, "citybench: %s: starting a fresh stack\n", sys)
+	st, err := b.StartStack(ctx, sys, filepath.Join(b.Opts.Work, "burst-"+sys), inv, int64(messages))
+	if err != nil {
+		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
-	rep.Machine.LoadAfter = loadavg()
-	rep.ComputeRatios()
-	if len(failed) > 0 {
-		return rep, fmt.Errorf("%d system(s) failed: %v", len(failed), failed)
+	defer st.Stop()
+	res, err := b.Measure(ctx, st, b.LoadArgs(assets, "-messages", strconv.Itoa(messages)), int64(messages))
+	if err != nil && res.Error == "" {
+		res.Error = err.Error()
 	}
-	return rep, nil
+	return res, err
 }

@@ -181,15 +181,11 @@ func (s latency) Run(ctx context.Context, b *Bench) (*Report, error) {
 	go func() { defer wg.Done(); w.run(wctx, cs) }()
 	defer func() { stopWatch(); wg.Wait() }()
 
-	startCPU, err := cs.sample()
+	mark0, err := cs.mark()
 	if err != nil {
 		return nil, err
 	}
-	pw0, err := cs.DB.PointsWritten()
-	if err != nil {
-		return nil, err
-	}
-	t0 := time.Now()
+	t0 := mark0.at
 	var injs []injection
 	for i := 0; i < n; i++ {
 		for ci := range latencyClasses {
@@ -217,15 +213,10 @@ func (s latency) Run(ctx context.Context, b *Bench) (*Report, error) {
 	}
 	stopWatch()
 	wg.Wait()
-	endCPU, err := cs.sample()
+	mark1, err := cs.mark()
 	if err != nil {
 		return nil, err
 	}
-	pw1, err := cs.DB.PointsWritten()
-	if err != nil {
-		return nil, err
-	}
-	t1 := time.Now()
 	fmt.Fprintf(o.Progress, "citybench: latency %5.0fs cases on the desk %d/%d; reading the simulator's ground truth\n", time.Since(t0).Seconds(), w.count(), len(injs))
 
 	var missing []string
@@ -259,15 +250,7 @@ func (s latency) Run(ctx context.Context, b *Bench) (*Report, error) {
 		results = append(results, lc)
 	}
 
-	res := &SystemResult{System: SysCitygw, Points: pw1 - pw0, FirstPublish: t0, LastVisible: t1, Seconds: t1.Sub(t0).Seconds(),
-		Procs: cs.procResults(startCPU, endCPU), Extra: map[string]any{"latency": results}}
-	res.PointsPerS = float64(res.Points) / res.Seconds
-	for i := range res.Procs {
-		if res.Points > 0 {
-			res.Procs[i].CPUPerMillion = res.Procs[i].CPUSeconds / float64(res.Points) * 1e6
-		}
-	}
-	rep.Systems = []*SystemResult{res}
+	rep.Systems = []*SystemResult{cs.result(mark0, mark1, map[string]any{"latency": results})}
 	rep.Notes = append(rep.Notes, latencyNotes(results)...)
 	rep.Notes = append(rep.Notes,
 		"One stack: Mosquitto, InfluxDB 1.8.10, the reference case desk (caseclient/cmd/casedesk, Open311), `firmware-sim run` and the gateway (shipped rules, WAL on, cases to the desk; flood caps max_opens_per_rule/per_sink off, since 240 cases in two minutes is the point here, not a flood). Points (accepted by InfluxDB's HTTP API), CPU and RSS in the table cover the injection phase until the last case arrived; \"publisher\" is `firmware-sim run` (all the simulated devices).",
@@ -673,6 +656,42 @@ func (cs *cityStack) sample() (stackSample, error) {
 		s[role] = x
 	}
 	return s, nil
+}
+
+// stackMark is an edge of a measured window on a cityStack: every
+// long-running process's CPU and peak RSS, InfluxDB's write counter, and
+// the moment after they were read.
+type stackMark struct {
+	at      time.Time
+	procs   stackSample
+	written int64
+}
+
+func (cs *cityStack) mark() (stackMark, error) {
+	procs, err := cs.sample()
+	if err != nil {
+		return stackMark{}, err
+	}
+	written, err := cs.DB.PointsWritten()
+	if err != nil {
+		return stackMark{}, err
+	}
+	return stackMark{at: time.Now(), procs: procs, written: written}, nil
+}
+
+// result is the gateway's figures over the window from a to b: the points
+// InfluxDB accepted in it, their rate, and each process's CPU (per million
+// points too) and peak RSS.
+func (cs *cityStack) result(a, b stackMark, extra map[string]any) *SystemResult {
+	res := &SystemResult{System: SysCitygw, Points: b.written - a.written, FirstPublish: a.at, LastVisible: b.at,
+		Seconds: b.at.Sub(a.at).Seconds(), Procs: cs.procResults(a.procs, b.procs), Extra: extra}
+	res.PointsPerS = float64(res.Points) / res.Seconds
+	for i := range res.Procs {
+		if res.Points > 0 {
+			res.Procs[i].CPUPerMillion = res.Procs[i].CPUSeconds / float64(res.Points) * 1e6
+		}
+	}
+	return res
 }
 
 // procResults turns two samples into the table's process figures (CPU per

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -166,23 +165,11 @@ func fetch(ctx context.Context, url, file string) error {
 
 // procMemory returns VmRSS and VmHWM of a process in bytes.
 func procMemory(pid int) (rss, hwm int64, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
+	if rss, err = procStatus(pid, "VmRSS"); err != nil {
 		return 0, 0, err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		for _, f := range []struct {
-			prefix string
-			v      *int64
-		}{{"VmRSS:", &rss}, {"VmHWM:", &hwm}} {
-			if v, ok := strings.CutPrefix(l, f.prefix); ok {
-				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				if err != nil {
-					return 0, 0, fmt.Errorf("/proc/%d/status %s %w", pid, f.prefix, err)
-				}
-				*f.v = kb * 1024
-			}
-		}
+	if hwm, err = procStatus(pid, "VmHWM"); err != nil {
+		return 0, 0, err
 	}
 	if rss == 0 || hwm == 0 {
 		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS or VmHWM", pid)

@@ -139,15 +139,11 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	s0, err := cs.sample()
+	mark0, err := cs.mark()
 	if err != nil {
 		return nil, err
 	}
-	pw0, err := cs.DB.PointsWritten()
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
+	start, pw0 := mark0.at, mark0.written
 	for time.Since(start) < window {
 		if err := sleepCtx(ctx, 5*time.Second); err != nil {
 			return nil, err
@@ -165,19 +161,15 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 			return nil, fmt.Errorf("the gateway exited (log %s)", cs.GW.LogFile)
 		}
 	}
-	end := time.Now()
 	m1, err := cs.metrics()
 	if err != nil {
 		return nil, err
 	}
-	s1, err := cs.sample()
+	mark1, err := cs.mark()
 	if err != nil {
 		return nil, err
 	}
-	pw1, err := cs.DB.PointsWritten()
-	if err != nil {
-		return nil, err
-	}
+	end, s0, s1 := mark1.at, mark0.procs, mark1.procs
 	win := end.Sub(start).Seconds()
 	r := &ModbusScale{Devices: devs, Interval: modbusInterval.String(), WindowS: win,
 		DevicesUp:     m1.sum("citygw_modbus_devices_up"),
@@ -204,7 +196,7 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 	r.LagP50, r.LagP99 = lag.quantile(0.5), lag.quantile(0.99)
 	rd := m1.histogram("citygw_modbus_request_duration_seconds").minus(m0.histogram("citygw_modbus_request_duration_seconds"))
 	r.RequestP50, r.RequestP99 = rd.quantile(0.5), rd.quantile(0.99)
-	points := float64(pw1 - pw0)
+	points := float64(mark1.written - mark0.written)
 	r.PointsPerS = points / win
 	gw0, gw1 := s0["system"], s1["system"]
 	r.GatewayCPUPerS = (gw1.CPU - gw0.CPU) / win
@@ -223,14 +215,7 @@ func (s modbusScale) Run(ctx context.Context, b *Bench) (*Report, error) {
 	r.StoredInterval = quantiles(gaps)
 	r.Completeness = float64(stored) / (float64(devs) * win / modbusInterval.Seconds())
 
-	procs := cs.procResults(s0, s1)
-	for i := range procs {
-		if points > 0 {
-			procs[i].CPUPerMillion = procs[i].CPUSeconds / points * 1e6
-		}
-	}
-	res := &SystemResult{System: SysCitygw, Points: int64(points), FirstPublish: start, LastVisible: end, Seconds: win,
-		PointsPerS: r.PointsPerS, Procs: procs, Extra: map[string]any{"modbus": r}}
+	res := cs.result(mark0, mark1, map[string]any{"modbus": r})
 	rep.Systems = []*SystemResult{res}
 	rep.Notes = append(rep.Notes, modbusNotes(r),
 		"One stack: Mosquitto (unused but for the gateway's subscription), InfluxDB 1.8.10, `firmware-sim run` serving every device over Modbus TCP (\"publisher\" in the table), and the gateway (shipped rules, WAL on, no case sink). Figures cover the measured window, after every device was up and a warm-up; points = points InfluxDB's HTTP API accepted in the window.",

@@ -60,42 +60,20 @@ func (s outage) Run(ctx context.Context, b *Bench) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	var failed []string
-	for _, sys := range o.Systems {
-		if sys == SysCeiling {
-			continue
-		}
-		res, err := b.runOutage(ctx, sys, inv, p, down)
-		rep.Systems = append(rep.Systems, res)
-		if err != nil {
-			failed = append(failed, sys+": "+err.Error())
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	rep.Machine.LoadAfter = loadavg()
-	rep.ComputeRatios()
-	if len(failed) > 0 {
-		return rep, fmt.Errorf("%d system(s) failed: %v", len(failed), failed)
-	}
-	return rep, nil
+	return b.eachSystem(ctx, rep, SysCeiling, func(sys string) (*SystemResult, error) {
+		return b.runOutage(ctx, sys, inv, p, down)
+	})
 }
 
 // runOutage measures one system through the outage.
 func (b *Bench) runOutage(ctx context.Context, sys string, inv *Inventory, p steadyPlan, down time.Duration) (*SystemResult, error) {
 	o := &b.Opts
-	fmt.Fprintf(o.Progress, "citybench: outage %s: starting a fresh stack\n", sys)
 	want := p.Points()
-	st, err := b.StartStack(ctx, sys, filepath.Join(o.Work, "outage-"+sys), inv, want)
+	st, primed, failed, err := b.primedStack(ctx, "outage", sys, inv, p)
 	if err != nil {
-		return &SystemResult{System: sys, Error: err.Error()}, err
+		return failed, err
 	}
 	defer st.Stop()
-	primed, err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour))
-	if err != nil {
-		return &SystemResult{System: sys, Error: err.Error()}, err
-	}
 	res := &SystemResult{System: sys, Extra: map[string]any{"outage_s": down.Seconds(), "offered_points_per_s": round1(p.Offered())}}
 	fail := func(err error) (*SystemResult, error) {
 		if res.Error == "" {

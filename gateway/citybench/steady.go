@@ -106,9 +106,22 @@ func (steady) Run(ctx context.Context, b *Bench) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	return b.eachSystem(ctx, rep, "", func(sys string) (*SystemResult, error) {
+		return b.runSteady(ctx, "steady", sys, inv, p)
+	})
+}
+
+// eachSystem measures every system of the options but skip, one after the
+// other, with run, which returns the system's result even when it fails;
+// then it completes rep (the load after, the ratios) and fails naming the
+// systems that failed. It stops early when ctx is done.
+func (b *Bench) eachSystem(ctx context.Context, rep *Report, skip string, run func(sys string) (*SystemResult, error)) (*Report, error) {
 	var failed []string
-	for _, sys := range o.Systems {
-		res, err := b.runSteady(ctx, "steady", sys, inv, p)
+	for _, sys := range b.Opts.Systems {
+		if sys == skip {
+			continue
+		}
+		res, err := run(sys)
 		rep.Systems = append(rep.Systems, res)
 		if err != nil {
 			failed = append(failed, sys+": "+err.Error())
@@ -125,20 +138,34 @@ func (steady) Run(ctx context.Context, b *Bench) (*Report, error) {
 	return rep, nil
 }
 
+// primedStack starts a fresh stack for sys in Work/scenario-sys and primes
+// its database's series for the plan p (see primeSeries); it returns the
+// points the priming wrote. On failure the stack is stopped and the result
+// holds the error.
+func (b *Bench) primedStack(ctx context.Context, scenario, sys string, inv *Inventory, p steadyPlan) (*Stack, int64, *SystemResult, error) {
+	fmt.Fprintf(b.Opts.Progress, "citybench: %s %s: starting a fresh stack\n", scenario, sys)
+	st, err := b.StartStack(ctx, sys, filepath.Join(b.Opts.Work, scenario+"-"+sys), inv, p.Points())
+	if err != nil {
+		return nil, 0, &SystemResult{System: sys, Error: err.Error()}, err
+	}
+	primed, err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour))
+	if err != nil {
+		st.Stop()
+		return nil, 0, &SystemResult{System: sys, Error: err.Error()}, err
+	}
+	return st, primed, nil, nil
+}
+
 // runSteady measures one system under the steady plan p on a fresh stack and
 // adds the steady figures (offered rate, lag) to its result. With inspect
 // non-nil, it is called after full visibility, before the stack stops.
 func (b *Bench) runSteady(ctx context.Context, scenario, sys string, inv *Inventory, p steadyPlan, inspect ...func(*Stack, *SystemResult) error) (*SystemResult, error) {
-	fmt.Fprintf(b.Opts.Progress, "citybench: %s %s: starting a fresh stack\n", scenario, sys)
 	want := p.Points()
-	st, err := b.StartStack(ctx, sys, filepath.Join(b.Opts.Work, scenario+"-"+sys), inv, want)
+	st, _, failed, err := b.primedStack(ctx, scenario, sys, inv, p)
 	if err != nil {
-		return &SystemResult{System: sys, Error: err.Error()}, err
+		return failed, err
 	}
 	defer st.Stop()
-	if _, err := b.primeSeries(ctx, st, inv, time.Now().Add(-p.Duration-time.Hour)); err != nil {
-		return &SystemResult{System: sys, Error: err.Error()}, err
-	}
 	res, err := b.Measure(ctx, st, p.Args(b), want)
 	if err != nil {
 		if res.Error == "" {

@@ -13,6 +13,26 @@ import (
 	"time"
 )
 
+// SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: a
+// Tee for a child's two output streams, or a logger's output read by
+// whoever watches it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // DefaultStopGrace is how long Stop waits after SIGTERM before SIGKILL when
 // Process.StopGrace is zero.
 const DefaultStopGrace = 10 * time.Second

@@ -9,29 +9,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// syncBuffer is a bytes.Buffer for a Tee written from two streams.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func sh(script string) *Process {
 	return &Process{Path: "/bin/sh", Args: []string{"-c", script}}
@@ -40,7 +21,7 @@ func sh(script string) *Process {
 func TestProcessOutput(t *testing.T) {
 	p := sh(`echo out1; echo err1 >&2; printf 'out2\nout3\npart'; echo err2 >&2`)
 	p.LogFile = filepath.Join(t.TempDir(), "p.log")
-	tee := &syncBuffer{}
+	tee := &SyncBuffer{}
 	p.Tee = tee
 	if err := p.Start(); err != nil {
 		t.Fatal(err)

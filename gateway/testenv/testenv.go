@@ -13,7 +13,6 @@
 package testenv
 
 import (
-	"bytes"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -66,22 +65,7 @@ type Process struct {
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: a
 // child's two output streams, or a test's logger and its assertions.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type SyncBuffer = localproc.SyncBuffer
 
 // StartProcess starts name with args; it is killed when the test ends and its
 // output is logged if the test failed.
