@@ -218,7 +218,7 @@ func trialRun(set *ruleSet, budget time.Duration) error {
 		for _, cr := range ks.rules {
 			c.reset(ks, a, st, vals, now, time.UTC)
 			t0 := time.Now()
-			_, err := c.vm.Run(cr.prog, c.env)
+			_, err := c.vm.Run(cr.prog, c)
 			d := time.Since(t0)
 			pos := &yamlconf.Error{File: cr.file, Line: cr.line, Column: cr.col, Field: "rule " + cr.id() + ".when"}
 			switch {

@@ -39,10 +39,29 @@ type kindSet struct {
 	ageRules []*compiledRule // when-rules using age(), also evaluated on Tick
 	aggs     []aggSpec
 	aggIdx   map[aggSpec]int
-	keep     []int64 // per field: how long history must be kept (0 = none)
-	usesPrev bool    // a rule reads prev(): assets keep their previous reading
+	keep     []int64        // per field: how long history must be kept (0 = none)
+	usesPrev bool           // a rule reads prev(): assets keep their previous reading
+	props    []assetPropRef // asset properties the rules read, by memo slot
 	assets   []*devices.Asset
 	slow     atomic.Bool // a reading of the kind went over the rule budget: time the next rule by rule
+}
+
+// assetPropRef is an asset property a kind's rules read (asset.*): a
+// built-in one (id, district, lat, ...) or an attribute.
+type assetPropRef struct {
+	name    string
+	builtin bool
+}
+
+// propSlot returns the memo slot of an asset property, adding it.
+func (ks *kindSet) propSlot(name string, builtin bool) int {
+	for i, p := range ks.props {
+		if p.name == name && p.builtin == builtin {
+			return i
+		}
+	}
+	ks.props = append(ks.props, assetPropRef{name, builtin})
+	return len(ks.props) - 1
 }
 
 // probeKind says where a captured value comes from.
@@ -447,12 +466,13 @@ func (c *compiler) compileWhen(pf *parsedFile, at string, cr *compiledRule, ks *
 		}
 		return
 	}
-	// Pass 2 compiles the program that runs: internal functions are values
-	// of the evaluation context's environment map with signatures expr calls
+	// Pass 2 compiles the program that runs: internal functions are
+	// constants of the program (fastFuncs) receiving the evaluation context
+	// (the run's env) and a small integer, with signatures expr calls
 	// without reflection or an argument slice (OpCallTyped), returning
 	// values the context boxed once per reading.
 	fp := &patcher{fast: true, c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
-	opts = append(placeholderFunctions(), expr.Env(fastEnvTypes), expr.AsBool(), expr.Patch(fp),
+	opts = append(placeholderFunctions(), expr.Env(map[string]any{}), expr.AsBool(), expr.Patch(fp),
 		sandboxOption())
 	prog, err := expr.Compile(cr.spec.When, opts...)
 	if err == nil && len(fp.errs) > 0 {
@@ -507,6 +527,7 @@ type patcher struct {
 	thresholds map[string]any
 	usesAge    bool
 	seen       map[string]bool
+	fields     map[*ast.CallNode]int // calls reading a field: its schema index
 }
 
 func (p *patcher) fail(n ast.Node, format string, args ...any) {
@@ -533,29 +554,32 @@ func envNode() ast.Node { return &ast.IdentifierNode{Value: "$env"} }
 // of the context's environment map without it (see fastEnv).
 func (p *patcher) call(name string, args ...ast.Node) *ast.CallNode {
 	if p.fast {
-		if len(name) == 4 && strings.HasPrefix(name, "__") && (name[2] == 'f' || name[2] == 'p') {
-			name = name[:3] // __fb, __ff, ... -> __f; __pb, ... -> __p
+		switch {
+		case name == "__fb":
+			// bool fields: typed to return bool, no interface to dereference
+		case len(name) == 4 && strings.HasPrefix(name, "__") && (name[2] == 'f' || name[2] == 'p'):
+			name = name[:3] // __fi, __ff, __fs -> __f; __pb, ... -> __p
 		}
-		return &ast.CallNode{Callee: &ast.IdentifierNode{Value: name}, Arguments: args}
+		fn, ok := fastFuncs[name]
+		if !ok {
+			p.errs = append(p.errs, patchErr{msg: "internal: no run-time function " + name})
+			fn = fastFuncs["__f"]
+		}
+		// The function is a constant of the program (pushed, not looked up
+		// by name) and receives the evaluation context, the run's env.
+		return &ast.CallNode{Callee: &ast.ConstantNode{Value: fn}, Arguments: append([]ast.Node{envNode()}, args...)}
 	}
 	return &ast.CallNode{Callee: &ast.IdentifierNode{Value: name}, Arguments: append([]ast.Node{envNode()}, args...)}
 }
 
 // fieldOf returns the schema index of an argument that was a field name.
-func fieldOf(n ast.Node) (int, bool) {
+func (p *patcher) fieldOf(n ast.Node) (int, bool) {
 	c, ok := n.(*ast.CallNode)
 	if !ok {
 		return 0, false
 	}
-	id, ok := c.Callee.(*ast.IdentifierNode)
-	if !ok || !strings.HasPrefix(id.Value, "__f") || len(c.Arguments) == 0 {
-		return 0, false
-	}
-	i, ok := c.Arguments[len(c.Arguments)-1].(*ast.IntegerNode)
-	if !ok {
-		return 0, false
-	}
-	return i.Value, true
+	i, ok := p.fields[c]
+	return i, ok
 }
 
 // timeFuncs are the context functions without arguments.
@@ -577,6 +601,10 @@ func (p *patcher) Visit(node *ast.Node) {
 		}
 		f := p.ks.schema.Fields[i]
 		nn := p.call(typeFuncs[f.Type], &ast.IntegerNode{Value: i})
+		if p.fields == nil {
+			p.fields = map[*ast.CallNode]int{}
+		}
+		p.fields[nn] = i
 		ast.Patch(node, nn)
 		p.names[nn] = f.Name
 		p.addProbe(probe{name: f.Name, kind: probeField, idx: i})
@@ -590,19 +618,25 @@ func (p *patcher) Visit(node *ast.Node) {
 			p.fail(n, "asset properties are accessed as asset.name")
 			return
 		}
-		var nn *ast.CallNode
+		fn, builtin := "__attr", false
 		switch prop.Value {
 		case "id", "district", "grid", "code", "model", "kind":
-			nn = p.call("__as", &ast.StringNode{Value: prop.Value})
+			fn, builtin = "__as", true
 		case "lat", "lon":
-			nn = p.call("__af", &ast.StringNode{Value: prop.Value})
+			fn, builtin = "__af", true
 		default:
 			if !isIdent(prop.Value) {
 				p.fail(n, "bad attribute name %q", prop.Value)
 				return
 			}
-			nn = p.call("__attr", &ast.StringNode{Value: prop.Value})
 			p.addProbe(probe{name: "asset." + prop.Value, kind: probeAttr, attr: prop.Value})
+		}
+		var nn *ast.CallNode
+		if p.fast {
+			// One memo slot per property of the kind: boxed once per reading.
+			nn = p.call("__a", &ast.IntegerNode{Value: p.ks.propSlot(prop.Value, builtin)})
+		} else {
+			nn = p.call(fn, &ast.StringNode{Value: prop.Value})
 		}
 		ast.Patch(node, nn)
 		p.names[nn] = "asset." + prop.Value
@@ -639,7 +673,13 @@ func (p *patcher) Visit(node *ast.Node) {
 			if name == "age" {
 				p.usesAge = true
 			}
-			nn := p.call(fn)
+			var nn *ast.CallNode
+			if p.fast {
+				tf := fastTime[fn]
+				nn = p.call(tf.name, &ast.IntegerNode{Value: tf.code})
+			} else {
+				nn = p.call(fn)
+			}
 			ast.Patch(node, nn)
 			p.names[nn] = name + "()"
 			if name == "age" || name == "sun_elevation" {
@@ -653,7 +693,7 @@ func (p *patcher) Visit(node *ast.Node) {
 				p.fail(n, "prev takes one argument, a field of kind %s", p.ks.kind)
 				return
 			}
-			i, ok := fieldOf(n.Arguments[0])
+			i, ok := p.fieldOf(n.Arguments[0])
 			if !ok {
 				p.fail(n.Arguments[0], "prev needs a field of kind %s", p.ks.kind)
 				return
@@ -683,7 +723,7 @@ func (p *patcher) Visit(node *ast.Node) {
 				mins[k] = t.Hour()*60 + t.Minute()
 			}
 			if p.fast {
-				ast.Patch(node, p.call("__between", &ast.IntegerNode{Value: mins[0]*1440 + mins[1]}))
+				ast.Patch(node, p.call("__tb", &ast.IntegerNode{Value: tbBetween + mins[0]*1440 + mins[1]}))
 			} else {
 				ast.Patch(node, p.call("__between", &ast.IntegerNode{Value: mins[0]}, &ast.IntegerNode{Value: mins[1]}))
 			}
@@ -696,7 +736,7 @@ func (p *patcher) visitAgg(node *ast.Node, n *ast.CallNode, name string, op aggO
 		p.fail(n, `%s takes a field and a window, as in %s(current_a, "10m")`, name, name)
 		return
 	}
-	i, ok := fieldOf(n.Arguments[0])
+	i, ok := p.fieldOf(n.Arguments[0])
 	if !ok {
 		p.fail(n.Arguments[0], "the first argument of %s must be a field of kind %s", name, p.ks.kind)
 		return
@@ -830,15 +870,53 @@ func placeholderFunctions() []expr.Option {
 		expr.Function("between", never, new(func(string, string) bool)))
 }
 
-// fastEnvTypes declares the run-time environment's function values; an
-// evalCtx's env map holds the same keys bound to the context (fastEnv).
-var fastEnvTypes = map[string]any{
-	"__f": func(any) any { return nil }, "__p": func(any) any { return nil }, "__agg": func(any) any { return nil },
-	"__as": func(any) any { return nil }, "__af": func(any) any { return nil }, "__attr": func(any) any { return nil },
-	"__between": func(any) bool { return false },
-	"__age":     func() any { return nil }, "__sun": func() any { return nil }, "__tod": func() any { return nil },
-	"__dark": func() bool { return false }, "__day": func() bool { return false }, "__weekend": func() bool { return false },
-	"__hour": func() int { return 0 }, "__minute": func() int { return 0 }, "__weekday": func() int { return 0 },
+// fastFuncs are the run-time pass's internal functions. Each is a constant
+// of the compiled program (pushed, not looked up in an environment map by
+// name at every call) and takes the evaluation context, which is the run's
+// env, and a small integer: a field's schema index, a window memo slot, an
+// asset property slot (kindSet.propSlot) or a context function's code
+// (fastTime). Those returning bool are typed so that the VM has no
+// interface to dereference; the others return values the context boxed
+// once per reading. Errors travel as panics, which expr's VM recovers into
+// the run's error; they are rare (no data, a missing field).
+var fastFuncs = map[string]any{
+	"__f":   func(c, i any) any { return must(c.(*evalCtx).field(i.(int))) },
+	"__fb":  func(c, i any) bool { return fieldBool(c.(*evalCtx), i.(int)) },
+	"__p":   func(c, i any) any { return must(c.(*evalCtx).prevField(i.(int))) },
+	"__agg": func(c, i any) any { return must(c.(*evalCtx).agg(i.(int))) },
+	"__a":   func(c, i any) any { return must(c.(*evalCtx).prop(i.(int))) },
+	"__t":   func(c, code any) any { return must(c.(*evalCtx).timeFunc(code.(int))) },
+	"__tb":  func(c, code any) bool { return c.(*evalCtx).timeBool(code.(int)) },
+}
+
+// Codes of the context functions in the run-time pass: __t(code) returns
+// a value, __tb(code) a bool; __tb(tbBetween + from*1440 + to) is
+// between(from, to) in minutes after midnight.
+const (
+	tAge = iota
+	tSun
+	tTod
+	tHour
+	tMinute
+	tWeekday
+)
+
+const (
+	tbDark = iota
+	tbDay
+	tbWeekend
+	tbBetween
+)
+
+// fastTime maps the checking pass's context functions to the run-time
+// pass's calls.
+var fastTime = map[string]struct {
+	name string
+	code int
+}{
+	"__age": {"__t", tAge}, "__sun": {"__t", tSun}, "__tod": {"__t", tTod}, "__hour": {"__t", tHour},
+	"__minute": {"__t", tMinute}, "__weekday": {"__t", tWeekday},
+	"__dark": {"__tb", tbDark}, "__day": {"__tb", tbDay}, "__weekend": {"__tb", tbWeekend},
 }
 
 func sortedKeys[V any](m map[string]V) []string {

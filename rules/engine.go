@@ -588,12 +588,12 @@ func (e *Engine) evalRule(cr *compiledRule, c *evalCtx, now time.Time) {
 	var err error
 	if c.timed {
 		t0 := time.Now()
-		res, err = c.vm.Run(cr.prog, c.env)
+		res, err = c.vm.Run(cr.prog, c)
 		if d := time.Since(t0); d > e.opts.RuleBudget {
 			e.overran(cr, c.asset, d)
 		}
 	} else {
-		res, err = c.vm.Run(cr.prog, c.env)
+		res, err = c.vm.Run(cr.prog, c)
 	}
 	cond := false
 	if err != nil {

@@ -247,14 +247,14 @@ func ruleLookback(cr *compiledRule, ks *kindSet) time.Duration {
 // compiles conditions, for the rule's kind.
 func compileSub(ks *kindSet, cr *compiledRule, src string) (*vm.Program, error) {
 	fp := &patcher{fast: true, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
-	naggs := len(ks.aggs)
-	opts := append(placeholderFunctions(), expr.Env(fastEnvTypes), expr.Patch(fp),
+	naggs, nprops := len(ks.aggs), len(ks.props)
+	opts := append(placeholderFunctions(), expr.Env(map[string]any{}), expr.Patch(fp),
 		sandboxOption())
 	prog, err := expr.Compile(src, opts...)
-	if len(ks.aggs) != naggs {
-		// A sub-expression of a compiled rule uses no new window; this
-		// would grow the memo behind the context's back.
-		return nil, errors.New("internal: sub-expression introduced a new window")
+	if len(ks.aggs) != naggs || len(ks.props) != nprops {
+		// A sub-expression of a compiled rule uses no new window or asset
+		// property; this would grow the memos behind the context's back.
+		return nil, errors.New("internal: sub-expression introduced a new window or asset property")
 	}
 	if err == nil && len(fp.errs) > 0 {
 		err = errors.New(fp.errs[0].msg)
@@ -281,7 +281,7 @@ type explainer struct {
 func (x *explainer) eval(en *ExprNode) {
 	prog, err := compileSub(x.ks, x.cr, en.Text)
 	if err == nil {
-		en.Value, err = x.c.vm.Run(prog, x.c.env)
+		en.Value, err = x.c.vm.Run(prog, x.c)
 	}
 	switch {
 	case err == nil:

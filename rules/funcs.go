@@ -20,28 +20,34 @@ var errNoData = errors.New("no data")
 // nothing of ours: field values are boxed once per reading, aggregates once
 // per reading and window, however many rules use them.
 type evalCtx struct {
-	vm     vm.VM
-	ks     *kindSet
-	asset  *devices.Asset
-	st     *assetState
-	vals   []devices.Value
-	now    time.Time
-	nowNs  int64
-	loc    *time.Location
-	boxed  []any
-	boxOK  []bool
-	memo   []any
-	memoOK []bool
-	sunOK  bool
-	sun    float64
-	sunBox any
-	locOK  bool
-	local  time.Time
-	out    []Transition
-	env    map[string]any // the run-time environment: function values bound to this context
-	pboxed []any
-	pboxOK []bool
-	timed  bool // time each rule against the rule budget
+	vm      vm.VM
+	ks      *kindSet
+	asset   *devices.Asset
+	st      *assetState
+	vals    []devices.Value
+	now     time.Time
+	nowNs   int64
+	loc     *time.Location
+	boxed   []any
+	boxOK   []bool
+	memo    []any
+	memoOK  []bool
+	sunOK   bool
+	sun     float64
+	sunBox  any
+	locOK   bool
+	local   time.Time
+	ageOK   bool
+	ageBox  any
+	todOK   bool
+	todBox  any
+	pmemo   []any // asset properties by kindSet.props slot
+	pmemoOK []bool
+	out     []Transition
+	env     map[string]any // the run-time environment: function values bound to this context
+	pboxed  []any
+	pboxOK  []bool
+	timed   bool // time each rule against the rule budget
 	// scratch holds an asset's decoded last reading on a Tick.
 	scratch []devices.Value
 }
@@ -49,49 +55,91 @@ type evalCtx struct {
 func newEvalCtx(loc *time.Location) *evalCtx {
 	c := &evalCtx{loc: loc}
 	c.vm.MemoryBudget = maxExprMemory
-	c.env = c.fastEnv()
 	return c
 }
 
-// fastEnv returns the function values compiled programs call (see
-// fastEnvTypes). Errors travel as panics, which expr's VM recovers into the
-// run's error; they are rare (no data, a missing field).
-func (c *evalCtx) fastEnv() map[string]any {
-	must := func(v any, err error) any {
-		if err != nil {
-			panic(err)
+// must panics with err; expr's VM recovers it into the run's error.
+func must(v any, err error) any {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func fieldBool(c *evalCtx, i int) bool {
+	b, _ := must(c.field(i)).(bool)
+	return b
+}
+
+// timeBool is the boolean context function of a code (tbDark, ...).
+func (c *evalCtx) timeBool(code int) bool {
+	switch code {
+	case tbDark:
+		return c.sunElevation() < DarkElevation
+	case tbDay:
+		return c.sunElevation() > DayElevation
+	case tbWeekend:
+		d := c.localTime().Weekday()
+		return d == time.Saturday || d == time.Sunday
+	}
+	v := code - tbBetween
+	return between(c.localTime(), v/1440, v%1440)
+}
+
+// prop is the asset property of memo slot i (kindSet.props), boxed once
+// per reading.
+func (c *evalCtx) prop(i int) (any, error) {
+	if i < len(c.pmemoOK) && c.pmemoOK[i] {
+		return c.pmemo[i], nil
+	}
+	p := c.ks.props[i]
+	var v any
+	switch {
+	case !p.builtin:
+		var err error
+		if v, err = c.attr(p.name); err != nil {
+			return nil, err
 		}
-		return v
+	case p.name == "lat":
+		v = c.asset.Lat
+	case p.name == "lon":
+		v = c.asset.Lon
+	default:
+		v = assetProp(c.asset, p.name)
 	}
-	return map[string]any{
-		"__f":   func(i any) any { return must(c.field(i.(int))) },
-		"__p":   func(i any) any { return must(c.prevField(i.(int))) },
-		"__agg": func(i any) any { return must(c.agg(i.(int))) },
-		"__as":  func(n any) any { return assetProp(c.asset, n.(string)) },
-		"__af": func(n any) any {
-			if n.(string) == "lat" {
-				return c.asset.Lat
-			}
-			return c.asset.Lon
-		},
-		"__attr": func(n any) any { return must(c.attr(n.(string))) },
-		"__between": func(x any) bool {
-			v := x.(int)
-			return between(c.localTime(), v/1440, v%1440)
-		},
-		"__age": func() any { return must(ctxFuncs["__age"](c)) },
-		"__sun": func() any {
-			c.sunElevation()
-			return c.sunBox
-		},
-		"__tod":     func() any { return must(ctxFuncs["__tod"](c)) },
-		"__dark":    func() bool { return c.sunElevation() < DarkElevation },
-		"__day":     func() bool { return c.sunElevation() > DayElevation },
-		"__weekend": func() bool { d := c.localTime().Weekday(); return d == time.Saturday || d == time.Sunday },
-		"__hour":    func() int { return c.localTime().Hour() },
-		"__minute":  func() int { return c.localTime().Minute() },
-		"__weekday": func() int { return int(c.localTime().Weekday()) },
+	if i < len(c.pmemoOK) {
+		c.pmemo[i], c.pmemoOK[i] = v, true
 	}
+	return v, nil
+}
+
+// timeFunc is the context function of a code (tAge, ...), the float ones
+// boxed once per reading.
+func (c *evalCtx) timeFunc(code int) (any, error) {
+	switch code {
+	case tAge:
+		if !c.ageOK {
+			v, _ := ctxFuncs["__age"](c)
+			c.ageBox, c.ageOK = v, true
+		}
+		return c.ageBox, nil
+	case tSun:
+		c.sunElevation()
+		return c.sunBox, nil
+	case tTod:
+		if !c.todOK {
+			v, _ := ctxFuncs["__tod"](c)
+			c.todBox, c.todOK = v, true
+		}
+		return c.todBox, nil
+	case tHour:
+		return c.localTime().Hour(), nil
+	case tMinute:
+		return c.localTime().Minute(), nil
+	case tWeekday:
+		return int(c.localTime().Weekday()), nil
+	}
+	return nil, fmt.Errorf("internal: unknown context function %d", code)
 }
 
 func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []devices.Value, now time.Time, loc *time.Location) {
@@ -114,7 +162,16 @@ func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []de
 	}
 	c.memo, c.memoOK = c.memo[:m], c.memoOK[:m]
 	clear(c.memoOK)
-	c.sunOK, c.locOK = false, false
+	np := 0
+	if ks != nil {
+		np = len(ks.props)
+	}
+	if cap(c.pmemo) < np {
+		c.pmemo, c.pmemoOK = make([]any, np), make([]bool, np)
+	}
+	c.pmemo, c.pmemoOK = c.pmemo[:np], c.pmemoOK[:np]
+	clear(c.pmemoOK)
+	c.sunOK, c.locOK, c.ageOK, c.todOK = false, false, false, false
 }
 
 // release drops references so a pooled context does not pin readings.
@@ -123,6 +180,8 @@ func (c *evalCtx) release() {
 	clear(c.boxed)
 	clear(c.pboxed)
 	clear(c.memo)
+	clear(c.pmemo)
+	c.ageBox, c.todBox, c.sunBox = nil, nil, nil
 	clear(c.out)
 	c.out = c.out[:0]
 }
