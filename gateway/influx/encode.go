@@ -205,7 +205,7 @@ func (e *Encoder) Append(dst []byte, r *devices.Reading) []byte {
 				dst = append(dst, "false"...)
 			}
 		case devices.Int:
-			dst = strconv.AppendInt(dst, v.I, 10)
+			dst = appendInt(dst, v.I)
 			dst = append(dst, 'i')
 		case devices.Float:
 			dst = appendFloat(dst, v.F)
@@ -218,7 +218,7 @@ func (e *Encoder) Append(dst []byte, r *devices.Reading) []byte {
 	}
 	if ts := timestamp(r); !ts.IsZero() {
 		dst = append(dst, ' ')
-		dst = strconv.AppendInt(dst, ts.UnixNano(), 10)
+		dst = appendInt(dst, ts.UnixNano())
 	}
 	return append(dst, '\n')
 }
@@ -303,26 +303,71 @@ func appendFloat(dst []byte, x float64) []byte {
 	ax := math.Abs(x)
 	if ax >= 1e-4 && ax < 1e6 {
 		for k, p := range decimalPow10 {
-			m := math.Round(ax * p)
+			// math.Round(y) for 0 < y < 1e12: y's fraction is exact.
+			y := ax * p
+			m := float64(int64(y))
+			if y-m >= 0.5 {
+				m++
+			}
 			if m/p != ax {
 				continue
 			}
-			if x < 0 {
-				dst = append(dst, '-')
-			}
-			u := uint64(m)
-			if k == 0 {
-				return strconv.AppendUint(dst, u, 10)
-			}
-			pk := uint64(p)
-			dst = strconv.AppendUint(dst, u/pk, 10)
-			dst = append(dst, '.')
-			frac := u % pk
-			for d := pk / 10; d > frac && d > 1; d /= 10 {
-				dst = append(dst, '0') // leading zeros of the fraction
-			}
-			return strconv.AppendUint(dst, frac, 10)
+			return appendDecimal(dst, uint64(m), k, x < 0)
 		}
 	}
 	return strconv.AppendFloat(dst, x, 'g', -1, 64)
 }
+
+// appendInt appends v in decimal, as strconv.AppendInt(dst, v, 10) does.
+func appendInt(dst []byte, v int64) []byte {
+	if v < 0 {
+		return appendDecimal(dst, uint64(-v), 0, true) // -MinInt64 wraps to 1<<63, its magnitude
+	}
+	return appendDecimal(dst, uint64(v), 0, false)
+}
+
+// appendDecimal appends m/10^k written with exactly k decimals (none and no
+// point for k = 0), with a minus sign when neg: the digits are produced
+// right to left into a buffer on the stack and appended at once.
+func appendDecimal(dst []byte, m uint64, k int, neg bool) []byte {
+	var buf [24]byte
+	i := len(buf)
+	for ; k >= 2; k -= 2 {
+		d := m % 100 * 2
+		m /= 100
+		i -= 2
+		buf[i], buf[i+1] = digitPairs[d], digitPairs[d+1]
+	}
+	if k == 1 {
+		i--
+		buf[i] = byte('0' + m%10)
+		m /= 10
+	}
+	if i < len(buf) {
+		i--
+		buf[i] = '.'
+	}
+	for m >= 100 {
+		d := m % 100 * 2
+		m /= 100
+		i -= 2
+		buf[i], buf[i+1] = digitPairs[d], digitPairs[d+1]
+	}
+	if m >= 10 {
+		i -= 2
+		buf[i], buf[i+1] = digitPairs[m*2], digitPairs[m*2+1]
+	} else {
+		i--
+		buf[i] = byte('0' + m)
+	}
+	if neg {
+		i--
+		buf[i] = '-'
+	}
+	return append(dst, buf[i:]...)
+}
+
+// digitPairs holds "00" to "99".
+const digitPairs = "00010203040506070809" + "10111213141516171819" + "20212223242526272829" + "30313233343536373839" +
+	"40414243444546474849" + "50515253545556575859" + "60616263646566676869" + "70717273747576777879" +
+	"80818283848586878889" + "90919293949596979899"

@@ -375,3 +375,16 @@ func FuzzAppendFloat(f *testing.F) {
 		}
 	})
 }
+
+func TestAppendInt(t *testing.T) {
+	xs := []int64{0, 1, -1, 9, 10, 99, 100, -87, 88, 31, 1764130000123000000, math.MaxInt64, math.MinInt64, math.MinInt64 + 1}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 100000 {
+		xs = append(xs, int64(rng.Uint64()), rng.Int64N(1000)-500)
+	}
+	for _, x := range xs {
+		if got, want := string(appendInt([]byte("x"), x)), "x"+strconv.FormatInt(x, 10); got != want {
+			t.Fatalf("appendInt(%d) = %q, strconv %q", x, got, want)
+		}
+	}
+}
