@@ -95,6 +95,10 @@ func (s *assetState) ringOf(i int) *ring {
 func (s *assetState) save(vals []devices.Value, keepPrev bool) {
 	nf := len(vals)
 	half := nf + typeWords(nf)
+	if !keepPrev && len(s.words) == half {
+		s.saveLast(vals)
+		return
+	}
 	same := int(s.nf) == nf && s.nf > 0 // the old last reading has this layout
 	need := half
 	if keepPrev {
@@ -152,6 +156,34 @@ func (s *assetState) save(vals []devices.Value, keepPrev bool) {
 		types[i/16] |= uint64(v.Type&15) << (4 * (i % 16))
 	}
 	s.nf, s.nstr, s.prev = uint16(nf), uint16(k), keepPrev
+}
+
+// saveLast is save without the previous reading when the layout is
+// unchanged (the common case): one pass over the values.
+func (s *assetState) saveLast(vals []devices.Value) {
+	nf := len(vals)
+	w, types := s.words[:nf:nf], s.words[nf:]
+	clear(types)
+	n := len(s.strs)
+	s.strs = s.strs[:0]
+	for i := range vals {
+		v := &vals[i]
+		var x uint64
+		switch v.Type {
+		case devices.Bool, devices.Int:
+			x = uint64(v.I)
+		case devices.Float:
+			x = math.Float64bits(v.F)
+		case devices.String:
+			s.strs = append(s.strs, v.S)
+		}
+		w[i] = x
+		types[i>>4] |= uint64(v.Type&15) << (4 * (i & 15))
+	}
+	if len(s.strs) < n {
+		clear(s.strs[len(s.strs):n]) // do not pin old strings
+	}
+	s.nf, s.nstr, s.prev = uint16(nf), uint16(len(s.strs)), false
 }
 
 // value decodes field i of the reading stored at words (nf value words,
