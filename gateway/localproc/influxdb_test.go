@@ -1,8 +1,9 @@
 package localproc
 
 import (
-	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,17 +104,16 @@ func TestInfluxDB(t *testing.T) {
 	defer db.Stop()
 	query := func(q string) string {
 		t.Helper()
-		resp, err := http.Post(db.URL()+"/query?q="+strings.ReplaceAll(q, " ", "+"), "", nil)
+		resp, err := http.PostForm(db.URL()+"/query", url.Values{"q": {q}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		var b strings.Builder
-		fmt.Fprint(&b, resp.Status, " ")
-		buf := make([]byte, 4096)
-		n, _ := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		return b.String()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Status + " " + string(body)
 	}
 	for life := 1; life <= 2; life++ {
 		if err := db.Start(); err != nil {
