@@ -560,14 +560,20 @@ func (p *patcher) call(name string, args ...ast.Node) *ast.CallNode {
 		case len(name) == 4 && strings.HasPrefix(name, "__") && (name[2] == 'f' || name[2] == 'p'):
 			name = name[:3] // __fi, __ff, __fs -> __f; __pb, ... -> __p
 		}
-		fn, ok := fastFuncs[name]
-		if !ok {
-			p.errs = append(p.errs, patchErr{msg: "internal: no run-time function " + name})
-			fn = fastFuncs["__f"]
+		gen, ok := fastFuncs[name]
+		var arg ast.Node
+		if len(args) == 1 {
+			arg = args[0]
 		}
-		// The function is a constant of the program (pushed, not looked up
-		// by name) and receives the evaluation context, the run's env.
-		return &ast.CallNode{Callee: &ast.ConstantNode{Value: fn}, Arguments: append([]ast.Node{envNode()}, args...)}
+		in, isInt := arg.(*ast.IntegerNode)
+		if !ok || !isInt {
+			p.errs = append(p.errs, patchErr{msg: "internal: no run-time function " + name})
+			return &ast.CallNode{Callee: &ast.IdentifierNode{Value: name}, Arguments: args}
+		}
+		// The function, bound to its integer argument, is a constant of
+		// the program (pushed, not looked up by name) and receives the
+		// evaluation context, the run's env.
+		return &ast.CallNode{Callee: &ast.ConstantNode{Value: gen(in.Value)}, Arguments: []ast.Node{envNode()}}
 	}
 	return &ast.CallNode{Callee: &ast.IdentifierNode{Value: name}, Arguments: append([]ast.Node{envNode()}, args...)}
 }
@@ -870,23 +876,26 @@ func placeholderFunctions() []expr.Option {
 		expr.Function("between", never, new(func(string, string) bool)))
 }
 
-// fastFuncs are the run-time pass's internal functions. Each is a constant
-// of the compiled program (pushed, not looked up in an environment map by
-// name at every call) and takes the evaluation context, which is the run's
-// env, and a small integer: a field's schema index, a window memo slot, an
-// asset property slot (kindSet.propSlot) or a context function's code
-// (fastTime). Those returning bool are typed so that the VM has no
-// interface to dereference; the others return values the context boxed
-// once per reading. Errors travel as panics, which expr's VM recovers into
-// the run's error; they are rare (no data, a missing field).
-var fastFuncs = map[string]any{
-	"__f":   func(c, i any) any { return must(c.(*evalCtx).field(i.(int))) },
-	"__fb":  func(c, i any) bool { return fieldBool(c.(*evalCtx), i.(int)) },
-	"__p":   func(c, i any) any { return must(c.(*evalCtx).prevField(i.(int))) },
-	"__agg": func(c, i any) any { return must(c.(*evalCtx).agg(i.(int))) },
-	"__a":   func(c, i any) any { return must(c.(*evalCtx).prop(i.(int))) },
-	"__t":   func(c, code any) any { return must(c.(*evalCtx).timeFunc(code.(int))) },
-	"__tb":  func(c, code any) bool { return c.(*evalCtx).timeBool(code.(int)) },
+// fastFuncs make the run-time pass's internal functions. Each takes a
+// small integer known at compile time (a field's schema index, a window
+// memo slot, an asset property slot (kindSet.propSlot) or a context
+// function's code (fastTime)) and returns a function of it that is a
+// constant of the compiled program (pushed, not looked up in an environment
+// map by name at every call) and takes the evaluation context, which is the
+// run's env. Those returning bool are typed so that the VM has no interface
+// to dereference; the others return values the context boxed once per
+// reading. Errors travel as panics, which expr's VM recovers into the run's
+// error; they are rare (no data, a missing field).
+var fastFuncs = map[string]func(int) any{
+	"__f": func(i int) any { return func(c any) any { return must(c.(*evalCtx).field(i)) } },
+	"__fb": func(i int) any {
+		return func(c any) bool { return fieldBool(c.(*evalCtx), i) }
+	},
+	"__p":   func(i int) any { return func(c any) any { return must(c.(*evalCtx).prevField(i)) } },
+	"__agg": func(i int) any { return func(c any) any { return must(c.(*evalCtx).agg(i)) } },
+	"__a":   func(i int) any { return func(c any) any { return must(c.(*evalCtx).prop(i)) } },
+	"__t":   func(i int) any { return func(c any) any { return must(c.(*evalCtx).timeFunc(i)) } },
+	"__tb":  func(i int) any { return func(c any) bool { return c.(*evalCtx).timeBool(i) } },
 }
 
 // Codes of the context functions in the run-time pass: __t(code) returns
