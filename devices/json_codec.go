@@ -76,13 +76,16 @@ type longKey struct {
 // with more uses its map.
 const maxLinearChildren = 12
 
-// child returns the child for the key b[start:end], nil if none.
-func (n *pathNode) child(b []byte, start, end int) *pathNode {
+// child returns the child for the key b[start:end], nil if none. hint is
+// where in the short list to look first: objects mostly list their keys in
+// the order the profile names them, so the caller passes the position after
+// the previous key's match (next), and each key costs one comparison.
+func (n *pathNode) child(b []byte, start, end, hint int) (_ *pathNode, next int) {
 	if n == nil || n.children == nil {
-		return nil
+		return nil, hint
 	}
 	if n.short == nil && n.long == nil {
-		return n.children[string(b[start:end])] // no allocation for a map lookup
+		return n.children[string(b[start:end])], hint // no allocation for a map lookup
 	}
 	if l := end - start; l <= 8 {
 		var w uint64
@@ -91,19 +94,24 @@ func (n *pathNode) child(b []byte, start, end int) *pathNode {
 		} else {
 			w = packKey(b[start:end])
 		}
-		for k := range n.short {
-			if e := &n.short[k]; e.word == w && e.n == l {
-				return e.node
+		if hint < len(n.short) {
+			if e := &n.short[hint]; e.word == w && e.n == l {
+				return e.node, hint + 1
 			}
 		}
-		return nil
+		for k := range n.short {
+			if e := &n.short[k]; e.word == w && e.n == l {
+				return e.node, k + 1
+			}
+		}
+		return nil, hint
 	}
 	for k := range n.long {
 		if e := &n.long[k]; e.key == string(b[start:end]) { // no allocation for a comparison
-			return e.node
+			return e.node, hint
 		}
 	}
-	return nil
+	return nil, hint
 }
 
 // packKey packs a key of at most 8 bytes little-endian into a word.
@@ -198,6 +206,8 @@ type jsonDecoder struct {
 	b    []byte
 	ts   time.Time
 	errs []error
+	// keyEnd is where the key parsed by key ends.
+	keyEnd int
 }
 
 const maxJSONDepth = 32
@@ -278,26 +288,28 @@ func (d *jsonDecoder) object(n *pathNode, depth int, i int) (int, error) {
 	if i < len(b) && b[i] == '}' {
 		return i + 1, nil
 	}
+	hint := 0
 	for {
 		i = skipSpace(b, i)
-		raw, escaped, j, err := d.str(i)
-		if err != nil {
-			return j, err
-		}
 		var child *pathNode
-		if !escaped {
-			child = n.child(b, j-1-len(raw), j-1)
-		} else if n != nil && n.children != nil {
-			k, err := text(raw, true, j)
-			if err != nil {
-				return j, err
-			}
-			child = n.children[k]
+		// The key: plain ASCII without escapes is scanned here, anything
+		// else (or an error) by str.
+		k := i + 1
+		for k < len(b) && !strStop[b[k]] {
+			k++
 		}
-		i = skipSpace(b, j)
+		if i < len(b) && b[i] == '"' && k < len(b) && b[k] == '"' {
+			child, hint = n.child(b, i+1, k, hint)
+			i = skipSpace(b, k+1)
+		} else if err := d.key(n, &child, i); err != nil {
+			return i, err
+		} else {
+			i = skipSpace(b, d.keyEnd)
+		}
 		if i >= len(b) || b[i] != ':' {
 			return i, syntaxAt(i, "want ':' after object key")
 		}
+		var err error
 		if i, err = d.value(child, depth+1, i+1); err != nil {
 			return i, err
 		}
@@ -313,6 +325,26 @@ func (d *jsonDecoder) object(n *pathNode, depth int, i int) (int, error) {
 		}
 		i++
 	}
+}
+
+// key parses the object key at i the general way (str): it sets *child and
+// d.keyEnd, the position after the key.
+func (d *jsonDecoder) key(n *pathNode, child **pathNode, i int) error {
+	raw, escaped, j, err := d.str(i)
+	if err != nil {
+		return err
+	}
+	d.keyEnd = j
+	if !escaped {
+		*child, _ = n.child(d.b, j-1-len(raw), j-1, 0)
+	} else if n != nil && n.children != nil {
+		k, err := text(raw, true, j)
+		if err != nil {
+			return err
+		}
+		*child = n.children[k]
+	}
+	return nil
 }
 
 // array parses an array's elements and its closing bracket; i is just past
