@@ -86,11 +86,15 @@ type probe struct {
 
 // compiledRule is a rule ready to run.
 type compiledRule struct {
+	// What every evaluation reads, together at the start (one cache line).
+	prog *vm.Program
+	st   *ruleState
+	quar quarantine // cleared by a reload: a new compiledRule
+
 	spec        *RuleSpec
 	file        string
 	line, col   int
 	kind        string
-	prog        *vm.Program
 	absent      time.Duration
 	forD        time.Duration
 	keep        time.Duration
@@ -105,9 +109,7 @@ type compiledRule struct {
 	groups      *groupIndex       // group keys and sizes, nil when per asset
 	inhibits    map[string]string // inhibit: target property -> this rule's label
 	inhibitedBy []*compiledRule
-	st          *ruleState
 	m           ruleMetrics
-	quar        quarantine // cleared by a reload: a new compiledRule
 }
 
 func (cr *compiledRule) id() string { return cr.spec.ID }

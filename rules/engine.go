@@ -652,7 +652,9 @@ func (e *Engine) observe(cr *compiledRule, a *devices.Asset, cond bool, now time
 			s.members[a.Seq] = struct{}{}
 			rs.dirty.Store(true)
 		}
-		s.rep = a
+		if s.rep != a {
+			s.rep = a // (no store when unchanged: the series stays clean in other cores' caches)
+		}
 	} else if _, ok := s.members[a.Seq]; ok {
 		delete(s.members, a.Seq)
 		rs.dirty.Store(true)
