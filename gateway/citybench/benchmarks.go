@@ -54,8 +54,10 @@ func ReadReport(file string) (*Report, error) {
 // machine, the commands, each scenario's tables and ratios, the goals of
 // issue 6 reached or not, and how to regenerate the file. Scenarios without
 // a report get a "not run in this report" section. regen is the command
-// line that wrote the file.
-func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
+// line that wrote the file. before, when given, are reports of the same
+// scenarios measured on a baseline revision: a section compares citygw's
+// figures and profiles with them.
+func WriteBenchmarks(w io.Writer, reps, before []*Report, regen string) {
 	by := map[string]*Report{}
 	all := map[string][]*Report{}
 	for _, r := range reps {
@@ -136,6 +138,8 @@ func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
 	}
 	fmt.Fprintln(w)
 
+	writeBeforeAfter(w, by, before)
+
 	fmt.Fprintln(w, "## Scenarios")
 	fmt.Fprintln(w)
 	for _, n := range ScenarioNames() {
@@ -159,6 +163,81 @@ func WriteBenchmarks(w io.Writer, reps []*Report, regen string) {
 	fmt.Fprintln(w, "go run ./gateway/cmd/citybench -scenario steady -out /tmp/citybench/steady.json")
 	fmt.Fprintln(w, "go run ./gateway/cmd/citybench -reports /tmp/citybench/burst.json,/tmp/citybench/steady.json -markdown BENCHMARKS.md")
 	fmt.Fprintln(w, "```")
+}
+
+// writeBeforeAfter compares citygw in the reports with a baseline's
+// reports of the same scenarios: the headline figures side by side, then
+// the profiles' top entries (the burst's CPU profile, the memory
+// scenario's heap profile) before and after.
+func writeBeforeAfter(w io.Writer, by map[string]*Report, before []*Report) {
+	if len(before) == 0 {
+		return
+	}
+	type pair struct{ before, after *Report }
+	var pairs []pair
+	for _, n := range ScenarioNames() {
+		for _, b := range before {
+			if b != nil && b.Scenario == n && by[n] != nil {
+				pairs = append(pairs, pair{b, by[n]})
+			}
+		}
+	}
+	if len(pairs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "## Before and after")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "citygw measured by the same harness on a baseline revision (before) and on this one (after), on this machine.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| scenario | revision | date | load before | points/s | gateway CPU s / M points | gateway peak RSS MB | VmRSS MB after load | Go heap in use MB |")
+	fmt.Fprintln(w, "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+	for _, p := range pairs {
+		for _, r := range []*Report{p.before, p.after} {
+			s := r.System(SysCitygw)
+			if s == nil {
+				continue
+			}
+			var cpu, rss float64
+			for _, pr := range s.Procs {
+				if pr.Role == "system" {
+					cpu, rss = pr.CPUPerMillion, pr.PeakRSSMB
+				}
+			}
+			extra := func(k string) string {
+				if v, ok := s.Extra[k].(float64); ok {
+					return fmt.Sprintf("%.0f", v)
+				}
+				return "–"
+			}
+			rev := r.Build
+			if rev == "" {
+				rev = "?"
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %.0f | %.1f | %.0f | %s | %s |\n", r.Scenario, rev, r.Date.UTC().Format("2006-01-02 15:04"), r.Machine.LoadAvg,
+				s.PointsPerS, cpu, rss, extra("rss_mb"), extra("heap_inuse_mb"))
+		}
+	}
+	fmt.Fprintln(w)
+	for _, p := range pairs {
+		for _, r := range []struct {
+			label string
+			rep   *Report
+		}{{"before", p.before}, {"after", p.after}} {
+			for _, n := range r.rep.Notes {
+				if strings.Contains(n, "profile") && strings.Contains(n, "```") {
+					title, table, _ := strings.Cut(n, "\n")
+					fmt.Fprintf(w, "%s, %s (%s): %s\n%s\n\n", p.after.Scenario, r.label, orUnknown(r.rep.Build), strings.TrimSuffix(title, ":"), table)
+				}
+			}
+		}
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "revision not recorded"
+	}
+	return s
 }
 
 type goal struct{ goal, measured, reached string }

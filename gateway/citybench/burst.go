@@ -52,9 +52,41 @@ func (s burst) Run(ctx context.Context, b *Bench) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b.eachSystem(ctx, rep, "", func(sys string) (*SystemResult, error) {
+	rep, err = b.eachSystem(ctx, rep, "", func(sys string) (*SystemResult, error) {
 		return b.runBurst(ctx, sys, inv, messages, assets)
 	})
+	if rep != nil {
+		for _, s := range rep.Systems {
+			if top, ok := s.Extra["cpu_top"].(string); ok {
+				rep.Notes = append(rep.Notes, fmt.Sprintf("%s CPU profile, %v from %v after the publisher started (go tool pprof -top, flat):\n\n```\n%s```", s.System, burstProfileFor, burstProfileAfter, top))
+				delete(s.Extra, "cpu_top")
+			}
+		}
+	}
+	return rep, err
+}
+
+// The gateway's CPU profile in the burst: long enough to see the steady
+// ingest, after the connections' start.
+const (
+	burstProfileAfter = 5 * time.Second
+	burstProfileFor   = 30 * time.Second
+)
+
+// profileCPU takes citygw's CPU profile over the burst's ingest (from its
+// admin listener's /debug/pprof/profile) into dir and returns its top
+// entries.
+func (b *Bench) profileCPU(ctx context.Context, st *Stack, dir string) (string, error) {
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case <-time.After(burstProfileAfter):
+	}
+	prof := filepath.Join(dir, "cpu.pb.gz")
+	if err := fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", st.Admin, int(burstProfileFor.Seconds())), prof); err != nil {
+		return "", fmt.Errorf("CPU profile: %w", err)
+	}
+	return b.pprofTop(ctx, prof, "", filepath.Join(dir, "cpu-top.txt"))
 }
 
 // runBurst measures one system under the burst on a fresh stack.
@@ -65,9 +97,32 @@ func (b *Bench) runBurst(ctx context.Context, sys string, inv *Inventory, messag
 		return &SystemResult{System: sys, Error: err.Error()}, err
 	}
 	defer st.Stop()
+	type profiled struct {
+		top string
+		err error
+	}
+	var prof chan profiled
+	if sys == SysCitygw {
+		prof = make(chan profiled, 1)
+		go func() {
+			top, err := b.profileCPU(ctx, st, st.Dir)
+			prof <- profiled{top, err}
+		}()
+	}
 	res, err := b.Measure(ctx, st, b.LoadArgs(assets, "-messages", strconv.Itoa(messages)), int64(messages))
 	if err != nil && res.Error == "" {
 		res.Error = err.Error()
+	}
+	if prof != nil {
+		// The profile may outlast a short run; the stack stays up for it.
+		if p := <-prof; p.err != nil {
+			fmt.Fprintf(b.Opts.Progress, "citybench: %s: no CPU profile: %v\n", sys, p.err)
+		} else {
+			if res.Extra == nil {
+				res.Extra = map[string]any{}
+			}
+			res.Extra["cpu_top"] = p.top
+		}
 	}
 	return res, err
 }

@@ -107,7 +107,10 @@ type Bench struct {
 	Telegraf string // telegraf binary ("" when not measured)
 	CityFile string // the city config the bins come from
 	RulesDir string // the shipped rules
-	Log      *slog.Logger
+	// Build is the revision of the repository the binaries were built
+	// from (git describe --always --dirty), "" when git cannot tell.
+	Build string
+	Log   *slog.Logger
 }
 
 // New checks the tools, builds the binaries and returns a Bench.
@@ -167,6 +170,9 @@ func New(ctx context.Context, o Options) (*Bench, error) {
 			return nil, err
 		}
 	}
+	if out, err := exec.CommandContext(ctx, "git", "-C", o.Repo, "describe", "--always", "--dirty", "--abbrev=10").Output(); err == nil {
+		b.Build = strings.TrimSpace(string(out))
+	}
 	bin := filepath.Join(o.Work, "bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return nil, err
@@ -194,6 +200,7 @@ func (o *Options) has(system string) bool { return slices.Contains(o.Systems, sy
 type Report struct {
 	Scenario string             `json:"scenario"`
 	Command  string             `json:"command,omitempty"` // the command line that produced it
+	Build    string             `json:"build,omitempty"`   // the revision measured (git describe)
 	Date     time.Time          `json:"date"`
 	Machine  Machine            `json:"machine"`
 	Params   map[string]any     `json:"params"`

@@ -119,15 +119,29 @@ func (b *Bench) inspectMemory(ctx context.Context, st *Stack, res *SystemResult,
 		return fmt.Errorf("heap profile: %w", err)
 	}
 	res.Extra["heap_profile"] = prof
-	cmd := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-nodecount=12", "-sample_index=inuse_space", b.Gateway, prof)
-	out, err := cmd.CombinedOutput()
+	top, err := b.pprofTop(ctx, prof, "inuse_space", filepath.Join(dir, "heap-top.txt"))
 	if err != nil {
-		return fmt.Errorf("go tool pprof: %w\n%s", err, out)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "heap-top.txt"), out, 0o644); err != nil {
 		return err
 	}
-	// Keep the summary lines and the table, not pprof's file header.
+	res.Extra["heap_top"] = top
+	return nil
+}
+
+// pprofTop renders a gateway profile's top entries (flat) with go tool
+// pprof, writes pprof's whole output to file, and returns the summary
+// lines and the table without pprof's file header.
+func (b *Bench) pprofTop(ctx context.Context, prof, sampleIndex, file string) (string, error) {
+	args := []string{"tool", "pprof", "-top", "-nodecount=12"}
+	if sampleIndex != "" {
+		args = append(args, "-sample_index="+sampleIndex)
+	}
+	out, err := exec.CommandContext(ctx, "go", append(args, b.Gateway, prof)...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof: %w\n%s", err, out)
+	}
+	if err := os.WriteFile(file, out, 0o644); err != nil {
+		return "", err
+	}
 	var keep []string
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(l, "File:") || strings.HasPrefix(l, "Build ID:") || strings.HasPrefix(l, "Type:") || strings.HasPrefix(l, "Time:") || l == "" {
@@ -135,8 +149,7 @@ func (b *Bench) inspectMemory(ctx context.Context, st *Stack, res *SystemResult,
 		}
 		keep = append(keep, l)
 	}
-	res.Extra["heap_top"] = strings.Join(keep, "\n") + "\n"
-	return nil
+	return strings.Join(keep, "\n") + "\n", nil
 }
 
 func fetch(ctx context.Context, url, file string) error {

@@ -130,7 +130,7 @@ func TestWriteBenchmarks(t *testing.T) {
 	mem := &Report{Scenario: "memory", Params: map[string]any{"assets": 126000, "windows_full": "10m"},
 		Systems: []*SystemResult{{System: SysCitygw, Points: 10, Extra: map[string]any{"rss_mb": 250.0, "hwm_mb": 320.0, "heap_inuse_mb": 100.0}}}}
 	var b strings.Builder
-	WriteBenchmarks(&b, []*Report{mem, burst}, "go run ./gateway/cmd/citybench -reports x -markdown BENCHMARKS.md")
+	WriteBenchmarks(&b, []*Report{mem, burst}, nil, "go run ./gateway/cmd/citybench -reports x -markdown BENCHMARKS.md")
 	out := b.String()
 	if !strings.HasPrefix(out, BenchmarksMarker+"\n") {
 		t.Errorf("no marker first:\n%.200s", out)
@@ -153,6 +153,36 @@ func TestWriteBenchmarks(t *testing.T) {
 	}
 	if strings.Index(out, "### burst") > strings.Index(out, "### memory") {
 		t.Error("sections not in scenario order (burst before memory)")
+	}
+}
+
+func TestWriteBenchmarksBeforeAfter(t *testing.T) {
+	mk := func(build string, pps, cpu, rss float64, top string) *Report {
+		return &Report{Scenario: "burst", Build: build, Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Machine: Machine{LoadAvg: "0.5 0.5 0.5"},
+			Systems: []*SystemResult{{System: SysCitygw, Points: 100, PointsPerS: pps, Procs: []ProcResult{{Role: "system", CPUPerMillion: cpu, PeakRSSMB: rss}}}},
+			Notes:   []string{"Each system ran alone.", "citygw CPU profile, 30s from 5s after the publisher started (go tool pprof -top, flat):\n\n```\n" + top + "\n```"}}
+	}
+	before, after := mk("v0-1-gabc", 1000, 20, 200, "decode 40%"), mk("v0-9-gdef", 1500, 12.5, 80, "decode 20%")
+	steadyBefore := &Report{Scenario: "steady"} // no after: left out
+	var b strings.Builder
+	WriteBenchmarks(&b, []*Report{after}, []*Report{before, steadyBefore}, "regen")
+	out := b.String()
+	for _, want := range []string{
+		"## Before and after",
+		"| burst | v0-1-gabc | 2026-01-02 03:04 | 0.5 0.5 0.5 | 1000 | 20.0 | 200 | – | – |",
+		"| burst | v0-9-gdef | 2026-01-02 03:04 | 0.5 0.5 0.5 | 1500 | 12.5 | 80 | – | – |",
+		"burst, before (v0-1-gabc): citygw CPU profile, 30s from 5s after the publisher started (go tool pprof -top, flat)\n\n```\ndecode 40%",
+		"burst, after (v0-9-gdef): citygw CPU profile",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("BENCHMARKS.md lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "| steady |") {
+		t.Error("a baseline scenario without a report of its own is compared")
+	}
+	if i, j := strings.Index(out, "## Before and after"), strings.Index(out, "## Scenarios"); i < 0 || i > j {
+		t.Error("the comparison is not before the scenarios")
 	}
 }
 

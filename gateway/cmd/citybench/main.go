@@ -64,6 +64,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	outage := fs.Duration("outage", 0, "outage: how long InfluxDB stays stopped (0: 60s)")
 	markdown := fs.String("markdown", "", "write BENCHMARKS.md-style Markdown of the scenarios run (and of -reports) to this file")
 	reports := fs.String("reports", "", "comma-separated JSON reports (from -out) to include in -markdown; with no -scenario given, nothing runs")
+	beforeReports := fs.String("before", "", "comma-separated JSON reports of the same scenarios on a baseline revision (say, run with -repo on a git worktree of it): -markdown compares citygw's figures and profiles with them")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,13 +96,23 @@ func run(args []string, stdout, stderr io.Writer) error {
 			done = append(done, r)
 		}
 	}
+	var before []*citybench.Report
+	if *beforeReports != "" {
+		for _, f := range strings.Split(*beforeReports, ",") {
+			r, err := citybench.ReadReport(f)
+			if err != nil {
+				return err
+			}
+			before = append(before, r)
+		}
+	}
 	command := "go run ./gateway/cmd/citybench " + citybench.CommandLine(args)
 	writeMarkdown := func() error {
 		if *markdown == "" {
 			return nil
 		}
 		var buf strings.Builder
-		citybench.WriteBenchmarks(&buf, done, command)
+		citybench.WriteBenchmarks(&buf, done, before, command)
 		if err := os.WriteFile(*markdown, []byte(buf.String()), 0o644); err != nil {
 			return err
 		}
@@ -130,7 +141,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			errs = append(errs, fmt.Errorf("%s: %w", name, runErr))
 		}
 		if rep != nil {
-			rep.Command = command
+			rep.Command, rep.Build = command, b.Build
 			fmt.Fprintln(stdout)
 			rep.Markdown(stdout)
 			// Every report's raw figures stay in the work directory too.
