@@ -13,12 +13,14 @@ import (
 // when a sample would not fit: windows are at most 7 days, the offsets
 // reach 49 days) and a float64 value for numeric and bool fields (bools as
 // 0/1, the type kept once per ring so that count() and changes() know it),
-// or a string for string fields. It grows by half up to the cap, so steady
-// state appends allocate nothing. Sample times are kept to the millisecond.
+// or a string for string fields. It starts at 2 samples (sparse series,
+// such as bins reporting every 15-60 minutes, keep one or two), doubles up
+// to 8 and then grows by half up to the cap, so steady state appends
+// allocate nothing. Sample times are kept to the millisecond.
 type ring struct {
 	t     []uint32  // milliseconds after base; len is the capacity
 	v     []float64 // numeric and bool samples (nil for a string field)
-	s     []string  // string samples (nil for a numeric field)
+	s     *[]string // string samples (nil for a numeric field; a pointer keeps numeric rings small)
 	base  int64     // unix milliseconds
 	head  int32     // index of the oldest sample
 	n     int32     // samples held
@@ -52,7 +54,7 @@ func (r *ring) at(i int) (int64, devices.Value) {
 	t := (r.base + int64(r.t[j])) * 1e6
 	switch r.typ {
 	case devices.String:
-		return t, devices.StringValue(r.s[j])
+		return t, devices.StringValue((*r.s)[j])
 	case devices.Bool:
 		return t, devices.BoolValue(r.v[j] != 0)
 	case devices.Int:
@@ -98,7 +100,7 @@ func (r *ring) push(t int64, v devices.Value, keep int64, limit int) {
 	j := r.idx(int(r.n))
 	r.t[j] = uint32(ms - r.base)
 	if r.typ == devices.String {
-		r.s[j] = v.S
+		(*r.s)[j] = v.S
 	} else {
 		r.v[j] = v.Float64()
 	}
@@ -107,7 +109,7 @@ func (r *ring) push(t int64, v devices.Value, keep int64, limit int) {
 
 func (r *ring) drop() {
 	if r.s != nil {
-		r.s[r.head] = "" // do not pin the string
+		(*r.s)[r.head] = "" // do not pin the string
 	}
 	r.head++
 	if int(r.head) == len(r.t) {
@@ -117,7 +119,11 @@ func (r *ring) drop() {
 }
 
 func (r *ring) grow(limit int) {
-	size := min(max(len(r.t)+len(r.t)/2, 8), limit)
+	size := len(r.t) + len(r.t)/2
+	if len(r.t) < 8 {
+		size = max(2*len(r.t), 2)
+	}
+	size = min(size, limit)
 	nt := make([]uint32, size)
 	var nv []float64
 	var ns []string
@@ -130,12 +136,20 @@ func (r *ring) grow(limit int) {
 		j := r.idx(i)
 		nt[i] = r.t[j]
 		if ns != nil {
-			ns[i] = r.s[j]
+			ns[i] = (*r.s)[j]
 		} else {
 			nv[i] = r.v[j]
 		}
 	}
-	r.t, r.v, r.s, r.head = nt, nv, ns, 0
+	r.t, r.v, r.head = nt, nv, 0
+	if ns != nil {
+		if r.s == nil {
+			r.s = new([]string)
+		}
+		*r.s = ns
+	} else {
+		r.s = nil
+	}
 }
 
 // rebase moves base to the oldest sample kept, or to ms (unix
@@ -243,7 +257,7 @@ func (r *ring) aggregate(op aggOp, now, window int64) (float64, bool) {
 // value; NaN equals NaN, as in devices.Value.Equal.
 func (r *ring) equal(i, j int) bool {
 	if r.typ == devices.String {
-		return r.s[i] == r.s[j]
+		return (*r.s)[i] == (*r.s)[j]
 	}
 	a, b := r.v[i], r.v[j]
 	return a == b || a != a && b != b
