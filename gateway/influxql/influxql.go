@@ -1,11 +1,13 @@
 // Package influxql reads back from InfluxDB 1.x over its /query API:
 // InfluxQL statements, with answers decoded so that numbers stay exact
 // (json.Number). The integration tests (gateway/testenv) and the city
-// benchmark (gateway/citybench) check with it what landed.
+// benchmark (gateway/citybench) check with it what landed; gateway/lastseen
+// asks it when a gateway's replicas last stored an asset's reading.
 package influxql
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,11 +35,27 @@ func QuoteIdent(s string) string {
 // statements) at baseURL (http://host:port) with epoch=ns, and returns every
 // series of every statement. A statement error is returned as an error.
 func Query(c *http.Client, baseURL, db, q string) ([]Series, error) {
+	return QueryContext(context.Background(), c, baseURL, db, q, "")
+}
+
+// QueryContext is Query under ctx, with token, when not empty, sent as
+// "Authorization: Token …" (InfluxDB 1.8 takes "user:password" there, as
+// its v2 write API does; InfluxDB 2 and Cloud their API token on their
+// 1.x-compatible /query).
+func QueryContext(ctx context.Context, c *http.Client, baseURL, db, q, token string) ([]Series, error) {
 	form := url.Values{"q": {q}, "epoch": {"ns"}}
 	if db != "" {
 		form.Set("db", db)
 	}
-	resp, err := c.PostForm(baseURL+"/query", form)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+"/query", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, fmt.Errorf("influxql %q: %w", q, err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if token != "" {
+		req.Header.Set("Authorization", "Token "+token)
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("influxql %q: %w", q, err)
 	}
