@@ -37,9 +37,9 @@ func TestLastSeen(t *testing.T) {
 	at := func(d time.Duration) int64 { return now.Add(d).UnixNano() }
 	lines := []string{
 		fmt.Sprintf("waste_bin,asset=BIN-0000,gateway=gw-a fill_pct=10 %d", at(-5*time.Minute)),
-		fmt.Sprintf("waste_bin,asset=BIN-0000,gateway=gw-b fill_pct=11 %d", at(-time.Minute)), // the other replica, later
-		fmt.Sprintf("waste_bin,asset=BIN-0001,gateway=gw-a battery_pct=80i %d", at(-2*time.Minute)), // another field only
-		fmt.Sprintf("waste_bin,asset=BIN-0002,gateway=gw-a fill_pct=10 %d", at(-time.Hour)),         // before since
+		fmt.Sprintf("waste_bin,asset=BIN-0000,gateway=gw-b fill_pct=11 %d", at(-time.Minute)),            // the other replica, later
+		fmt.Sprintf("waste_bin,asset=BIN-0001,gateway=gw-a battery_pct=80i %d", at(-2*time.Minute)),      // another field only
+		fmt.Sprintf("waste_bin,asset=BIN-0002,gateway=gw-a fill_pct=10 %d", at(-time.Hour)),              // before since
 		fmt.Sprintf("waste_bin,asset=BIN-%04d,gateway=gw-b fill_pct=10 %d", batch+3, at(-3*time.Minute)), // second batch
 		fmt.Sprintf(`waste_bin,asset=O'Brien-1,gateway=gw-a fill_pct=10 %d`, at(-4*time.Minute)),
 		fmt.Sprintf("streetlight,asset=SL-1,gateway=gw-a relay_on=true %d", at(-30*time.Second)),
