@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -23,9 +24,11 @@ type pathNode struct {
 	short []shortKey
 	long  []longKey
 	order []string // the children's keys in the order the profile names them
-	field int      // index in Profile.Fields, or -1
-	ts    bool     // the timestamp lives here
-	fast  fastKind // how scalar may store the field's common values directly
+	// shapes: the payload layouts seen (the root only).
+	shapes *shapeSet
+	field  int      // index in Profile.Fields, or -1
+	ts     bool     // the timestamp lives here
+	fast   fastKind // how scalar may store the field's common values directly
 }
 
 // fastKind names a field whose common JSON values scalar stores without
@@ -166,6 +169,7 @@ func (p *Profile) buildTrie() *pathNode {
 		insert(p.tsParts).ts = true
 	}
 	root.index()
+	root.shapes = new(shapeSet)
 	return root
 }
 
@@ -176,10 +180,24 @@ func (p *Profile) buildTrie() *pathNode {
 // which joins every problem; the other fields are still decoded. A payload
 // that is not a JSON object is an error with nothing decoded.
 func (p *Profile) DecodeJSON(payload []byte, r *Reading) (time.Time, error) {
-	if p.trie == nil {
+	root := p.trie
+	if root == nil {
 		return time.Time{}, errors.New("profile " + p.Model + " is not an MQTT profile")
 	}
 	d := jsonDecoder{p: p, r: r, b: payload}
+	if root.shapes != nil {
+		for k := range root.shapes.s {
+			sh := root.shapes.s[k].Load()
+			if sh == nil {
+				break
+			}
+			if d.matchShape(sh) {
+				return d.result()
+			}
+			d.ts, d.errs = time.Time{}, d.errs[:0]
+		}
+		d.learn = root.shapes.wantLearn()
+	}
 	i := skipSpace(payload, 0)
 	if i >= len(payload) || payload[i] != '{' {
 		return time.Time{}, &DecodeError{Msg: "payload is not a JSON object"}
@@ -191,10 +209,99 @@ func (p *Profile) DecodeJSON(payload []byte, r *Reading) (time.Time, error) {
 	if i = skipSpace(payload, i); i != len(payload) {
 		return time.Time{}, syntaxAt(i, "trailing data after the JSON object")
 	}
+	if d.learn {
+		root.shapes.add(newShape(payload, d.slots))
+	}
+	return d.result()
+}
+
+func (d *jsonDecoder) result() (time.Time, error) {
 	if len(d.errs) > 0 {
 		return d.ts, errors.Join(d.errs...)
 	}
 	return d.ts, nil
+}
+
+// A jsonShape is the layout of a payload the decoder parsed: its scalar
+// values (slots: where each starts, the trie node and depth it was parsed
+// with) and the bytes between them (keys, punctuation, white space, empty
+// objects and arrays), which are the same in every payload a device
+// firmware sends. A payload whose bytes between values are exactly the
+// shape's is decoded by comparing those bytes and parsing only the values,
+// each with the very node and depth the full parse would use: JSON values
+// end where they end whatever follows, so the full parse would see the same
+// tokens in the same states and decode the same fields, errors included.
+// Anything else (a byte differs, a value fails to parse) is decoded in full,
+// and may become a shape.
+type jsonShape struct {
+	text  []byte // the payload it was learnt from (a copy)
+	slots []shapeSlot
+	tail  int // text[tail:] follows the last value
+}
+
+type shapeSlot struct {
+	from, to int    // text[from:to] precedes the value
+	lit      []byte // text[from:to]
+	node     *pathNode
+	depth    int
+}
+
+// shapeSet holds a profile's shapes: a few, so that a fleet on two or three
+// firmware versions is served without learning again and again.
+type shapeSet struct {
+	s      [4]atomic.Pointer[jsonShape]
+	n      atomic.Uint32 // shapes added
+	misses atomic.Uint32
+}
+
+// wantLearn reports whether a payload that matched no shape should become
+// one: always while there is room, then on one miss in 16 (a replacement
+// allocates, so a fleet with more layouts than slots is not charged an
+// allocation for every payload).
+func (ss *shapeSet) wantLearn() bool {
+	return ss.n.Load() < uint32(len(ss.s)) || ss.misses.Add(1)%16 == 0
+}
+
+func (ss *shapeSet) add(sh *jsonShape) {
+	k := (ss.n.Add(1) - 1) % uint32(len(ss.s))
+	ss.s[k].Store(sh)
+}
+
+// newShape builds the shape of payload from the slots the full parse
+// recorded (from and to are the value's start and end in payload there).
+func newShape(payload []byte, rec []shapeSlot) *jsonShape {
+	sh := &jsonShape{text: append([]byte(nil), payload...), slots: make([]shapeSlot, len(rec))}
+	prev := 0
+	for k, r := range rec {
+		sh.slots[k] = shapeSlot{from: prev, to: r.from, lit: sh.text[prev:r.from], node: r.node, depth: r.depth}
+		prev = r.to
+	}
+	sh.tail = prev
+	return sh
+}
+
+// matchShape decodes d.b by sh, false if it does not have sh's layout.
+func (d *jsonDecoder) matchShape(sh *jsonShape) bool {
+	b, i := d.b, 0
+	for k := range sh.slots {
+		s := &sh.slots[k]
+		if len(b)-i < len(s.lit) || string(b[i:i+len(s.lit)]) != string(s.lit) {
+			return false
+		}
+		i += len(s.lit)
+		var j int
+		var err error
+		if i < len(b) && (b[i]-'0' < 10 || b[i] == '-') {
+			j, err = d.number(s.node, i) // what value does for a number
+		} else {
+			j, err = d.value(s.node, s.depth, i)
+		}
+		if err != nil {
+			return false
+		}
+		i = j
+	}
+	return string(b[i:]) == string(sh.text[sh.tail:])
 }
 
 // jsonDecoder holds what a decode keeps across values. The position in the
@@ -208,6 +315,10 @@ type jsonDecoder struct {
 	errs []error
 	// keyEnd is where the key parsed by key ends.
 	keyEnd int
+	// learn: record the scalar values' positions in slots (from and to
+	// are the value's start and end), to make the payload a shape.
+	learn bool
+	slots []shapeSlot
 }
 
 const maxJSONDepth = 32
@@ -238,11 +349,28 @@ func (d *jsonDecoder) value(n *pathNode, depth int, i int) (int, error) {
 	if i >= len(b) {
 		return i, syntaxAt(i, "unexpected end")
 	}
-	switch c := b[i]; {
+	c := b[i]
+	if d.learn && c != '{' && c != '[' {
+		j, err := d.scalarValue(n, c, i)
+		if err == nil {
+			d.slots = append(d.slots, shapeSlot{from: i, to: j, node: n, depth: depth})
+		}
+		return j, err
+	}
+	switch {
 	case c == '{':
 		return d.object(n, depth, i+1)
 	case c == '[':
 		return d.array(n, depth, i+1)
+	}
+	return d.scalarValue(n, c, i)
+}
+
+// scalarValue parses the string, number or literal at i, whose first byte
+// is c.
+func (d *jsonDecoder) scalarValue(n *pathNode, c byte, i int) (int, error) {
+	b := d.b
+	switch {
 	case c == '"':
 		raw, escaped, j, err := d.str(i)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -253,4 +254,73 @@ func TestDecodeJSONStringReuse(t *testing.T) {
 			t.Errorf("firmware %s decoded as %q", in, got)
 		}
 	}
+}
+
+// Payload layouts become shapes; a fleet cycling through more layouts than
+// a profile keeps is decoded right and allocates for a new shape only now
+// and then; concurrent decoders share the shapes safely.
+func TestDecodeJSONShapes(t *testing.T) {
+	p, a := testBinAsset(t)
+	p.trie.shapes = new(shapeSet)
+	layouts := []string{binPayload,
+		strings.Replace(binPayload, `"fw":"3.1.4"`, `"fw":"3.2.0"`, 1), // same layout: not a new shape
+		`{"fill":{"pct":10},"ts":1764130000123}`,
+		`{"fill": {"pct": 10}}`,
+		`{"temp_c":1,"lid_open":true}`,
+		`{"radio":{"snr":1.5}}`,
+		`{"battery":{"v":3.3,"pct":80}}`,
+	}
+	check := func(payload string) {
+		var got, want Reading
+		got.Reset(a)
+		want.Reset(a)
+		ts, err := p.DecodeJSON([]byte(payload), &got)
+		wts, werr := p.refDecodeJSON([]byte(payload), &want)
+		if err != nil || werr != nil || ts != wts || got.String() != want.String() {
+			t.Fatalf("%s: %v %v %v, reference %v %v %v", payload, got.String(), ts, err, want.String(), wts, werr)
+		}
+	}
+	check(layouts[0])
+	check(layouts[1])
+	if n := p.trie.shapes.n.Load(); n != 1 {
+		t.Fatalf("%d shapes after one layout", n)
+	}
+	for range 3 {
+		for _, l := range layouts {
+			check(l)
+		}
+	}
+	var r Reading
+	r.Reset(a)
+	payloads := make([][]byte, len(layouts))
+	for i, l := range layouts {
+		payloads[i] = []byte(strings.Replace(l, "3.2.0", "3.1.4", 1))
+	}
+	k := 0
+	allocs := testing.AllocsPerRun(400, func() {
+		p.DecodeJSON(payloads[k%len(payloads)], &r)
+		k++
+	})
+	if allocs > 0.5 {
+		t.Errorf("cycling %d layouts allocates %v times per payload", len(layouts), allocs)
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			var got Reading
+			for i := range 500 {
+				payload := []byte(layouts[(g+i)%len(layouts)])
+				got.Reset(a)
+				ts, err := p.DecodeJSON(payload, &got)
+				var want Reading
+				want.Reset(a)
+				wts, werr := p.refDecodeJSON(payload, &want)
+				if err != nil || werr != nil || ts != wts || got.String() != want.String() {
+					t.Errorf("%s: %v, reference %v", payload, got.String(), want.String())
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -309,30 +310,43 @@ func (d *refDecoder) timestamp(kind jsonKind, s string, x float64) (time.Time, e
 }
 
 // FuzzDecodeJSONSameAsRef: DecodeJSON decodes every payload exactly as the
-// reference decoder does: the same values, timestamp and error text.
+// reference decoder does: the same values, timestamp and error text. Each
+// run starts without shapes, decodes first (which may become a shape), then
+// first again (by its shape) and then second (by first's shape if it fits).
 func FuzzDecodeJSONSameAsRef(f *testing.F) {
-	for _, s := range []string{binPayload, `{}`, `{"fill":{"pct":"x"}}`, `{"ts":"2026-01-01T00:00:00Z"}`, `[`, `{"a":[[[[]]]]}`,
+	seeds := []string{binPayload, `{}`, `{"fill":{"pct":"x"}}`, `{"ts":"2026-01-01T00:00:00Z"}`, `[`, `{"a":[[[[]]]]}`,
 		`{"fw":"\u00e9\n"}`, `{"temp_c":-0.5e3,"fill":{"pct":01}}`, `{"temp_c":1.}`, `{"battery":{"pct":88.5,"v":-3}}`,
 		`{"radio":{"rssi":-87 ,"snr" : 7.5 } , "fw":"é"}`, `{"tilt_deg":123456789012345678}`, `{"ts":1764130000.5}`,
-		`{"lid_open":tru}`, `{"lid_open":1,"x":[1,{"y":null}]}`, "{\"fw\":\"a\x01\"}", `{"temp_c":1} x`, `{"f\u0077":"a\"b"}`} {
-		f.Add([]byte(s))
+		`{"lid_open":tru}`, `{"lid_open":1,"x":[1,{"y":null}]}`, "{\"fw\":\"a\x01\"}", `{"temp_c":1} x`, `{"f\u0077":"a\"b"}`}
+	for _, a := range seeds {
+		f.Add([]byte(a), []byte(binPayload))
+		f.Add([]byte(binPayload), []byte(a))
 	}
+	f.Add([]byte(binPayload), []byte(strings.Replace(binPayload, `"pct":73.5`, `"pct":{"x":1}`, 1)))
+	f.Add([]byte(binPayload), []byte(strings.Replace(binPayload, `"pct":73.5`, `"pct":7`, 1)))
+	f.Add([]byte(binPayload), []byte(strings.Replace(binPayload, `"pct":73.5`, `"pct": 7`, 1)))
+	f.Add([]byte(binPayload), []byte(strings.Replace(binPayload, `"lid_open":false`, `"lid_open":falsex`, 1)))
+	f.Add([]byte(binPayload), []byte(strings.Replace(binPayload, `"fw":"3.1.4"`, `"fw":"3.1.4\"`, 1)))
+	f.Add([]byte(binPayload), []byte(binPayload+" "))
 	p, a := testBinAsset(f)
-	f.Fuzz(func(t *testing.T, payload []byte) {
-		var got, want Reading
-		got.Reset(a)
-		want.Reset(a)
-		ts, err := p.DecodeJSON(payload, &got)
-		wts, werr := p.refDecodeJSON(payload, &want)
-		if (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() {
-			t.Fatalf("%q: error %v, reference %v", payload, err, werr)
-		}
-		if ts != wts {
-			t.Fatalf("%q: timestamp %v, reference %v", payload, ts, wts)
-		}
-		for i := range got.Values {
-			if g, w := got.Values[i], want.Values[i]; g.Type != w.Type || !g.Equal(w) || g.Type == Float && math.Float64bits(g.F) != math.Float64bits(w.F) {
-				t.Fatalf("%q: %s = %v, reference %v", payload, a.Schema.Fields[i].Name, g, w)
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		p.trie.shapes = new(shapeSet)
+		for _, payload := range [][]byte{first, first, second} {
+			var got, want Reading
+			got.Reset(a)
+			want.Reset(a)
+			ts, err := p.DecodeJSON(payload, &got)
+			wts, werr := p.refDecodeJSON(payload, &want)
+			if (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() {
+				t.Fatalf("%q: error %v, reference %v", payload, err, werr)
+			}
+			if ts != wts {
+				t.Fatalf("%q: timestamp %v, reference %v", payload, ts, wts)
+			}
+			for i := range got.Values {
+				if g, w := got.Values[i], want.Values[i]; g.Type != w.Type || !g.Equal(w) || g.Type == Float && math.Float64bits(g.F) != math.Float64bits(w.F) {
+					t.Fatalf("%q: %s = %v, reference %v", payload, a.Schema.Fields[i].Name, g, w)
+				}
 			}
 		}
 	})
