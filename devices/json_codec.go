@@ -166,7 +166,8 @@ func (p *Profile) buildTrie() *pathNode {
 		n.field, n.fast = i, fastKindOf(&p.Fields[i])
 	}
 	if len(p.tsParts) > 0 {
-		insert(p.tsParts).ts = true
+		n := insert(p.tsParts)
+		n.ts, n.fast = true, fastNone // setNumber's shortcut would skip the timestamp
 	}
 	root.index()
 	root.shapes = new(shapeSet)
@@ -543,7 +544,9 @@ func (d *jsonDecoder) number(n *pathNode, i int) (int, error) {
 			if neg {
 				x = -x
 			}
-			d.scalar(n, jsonNumber, "", x)
+			if !d.setNumber(n, x) {
+				d.scalar(n, jsonNumber, "", x)
+			}
 		}
 		return i, nil
 	}
@@ -611,37 +614,49 @@ func (d *jsonDecoder) scalar(n *pathNode, kind jsonKind, s string, x float64) {
 	if n.field < 0 {
 		return
 	}
-	f := &d.p.Fields[n.field]
 	switch n.fast {
-	case fastFloat: // fromJSON's path: finishFloat adds the offset, checks the range
-		if kind == jsonNumber && x-x == 0 {
-			if x += f.Offset; f.inRange(x) {
-				d.r.Values[f.Index] = Value{Type: Float, F: x}
-				return
-			}
-		}
-	case fastInt: // fromJSON's path: finishInt checks the range
-		if kind == jsonNumber && x == math.Trunc(x) && math.Abs(x) <= 1<<53 && f.inRange(float64(int64(x))) {
-			d.r.Values[f.Index] = Value{Type: Int, I: int64(x)}
+	case fastFloat, fastInt:
+		if kind == jsonNumber && d.setNumber(n, x) {
 			return
 		}
 	case fastBool:
 		if kind == jsonBool || kind == jsonNumber && (x == 0 || x == 1) {
-			d.r.Values[f.Index] = BoolValue(x != 0)
+			d.r.Values[d.p.Fields[n.field].Index] = BoolValue(x != 0)
 			return
 		}
 	case fastString:
 		if kind == jsonString {
-			d.r.Values[f.Index] = Value{Type: String, S: s}
+			d.r.Values[d.p.Fields[n.field].Index] = Value{Type: String, S: s}
 			return
 		}
 	}
+	f := &d.p.Fields[n.field]
 	v, err := f.fromJSON(kind, s, x)
 	if err != nil {
 		d.errs = append(d.errs, err)
 		return
 	}
 	d.r.Values[f.Index] = v
+}
+
+// setNumber stores the number x of a fastFloat or fastInt field as
+// fromJSON would when fromJSON would accept it (false: it would not, or the
+// field is of another kind).
+func (d *jsonDecoder) setNumber(n *pathNode, x float64) bool {
+	switch n.fast {
+	case fastFloat: // finishFloat: finite, plus the offset, in range
+		f := &d.p.Fields[n.field]
+		if y := x + f.Offset; x-x == 0 && f.inRange(y) {
+			d.r.Values[f.Index] = Value{Type: Float, F: y}
+			return true
+		}
+	case fastInt: // an integer below 2^53; finishInt: in range
+		if f := &d.p.Fields[n.field]; x == math.Trunc(x) && math.Abs(x) <= 1<<53 && f.inRange(float64(int64(x))) {
+			d.r.Values[f.Index] = Value{Type: Int, I: int64(x)}
+			return true
+		}
+	}
+	return false
 }
 
 // inRange reports whether x passes checkRange.
