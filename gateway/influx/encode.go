@@ -76,7 +76,8 @@ type assetPrefix struct {
 	keys   *schemaKeys
 }
 
-// schemaKeys holds each schema field's escaped key followed by '='.
+// schemaKeys holds each schema field's escaped key between ',' and '='
+// (",key="; the first field written leaves the comma out).
 type schemaKeys struct {
 	keys [][]byte
 }
@@ -152,7 +153,7 @@ func (e *Encoder) build(a *devices.Asset) *assetPrefix {
 		if sk == nil || len(sk.keys) != len(a.Schema.Fields) {
 			sk = &schemaKeys{keys: make([][]byte, len(a.Schema.Fields))}
 			for i, f := range a.Schema.Fields {
-				k := appendEscaped(nil, f.Name, escTag)
+				k := appendEscaped([]byte{','}, f.Name, escTag)
 				sk.keys[i] = append(k, '=')
 			}
 			e.schemas[a.Schema] = sk
@@ -178,40 +179,42 @@ func (e *Encoder) Append(dst []byte, r *devices.Reading) []byte {
 	start := len(dst)
 	dst = append(dst, p.prefix...)
 	n := 0
-	for i := range r.Values {
-		if i >= len(p.keys.keys) {
-			break
+	vals, keys := r.Values, p.keys.keys
+	if len(vals) > len(keys) {
+		vals = vals[:len(keys)]
+	}
+	keys = keys[:len(vals)]
+	for i := range vals {
+		v := &vals[i]
+		key := keys[i]
+		if n == 0 {
+			key = key[1:]
 		}
-		v := &r.Values[i]
-		switch v.Type {
-		case devices.Bool, devices.Int, devices.String:
-		case devices.Float:
-			if math.IsNaN(v.F) || math.IsInf(v.F, 0) {
-				continue
-			}
-		default:
-			continue
-		}
-		if n > 0 {
-			dst = append(dst, ',')
-		}
-		n++
-		dst = append(dst, p.keys.keys[i]...)
 		switch v.Type {
 		case devices.Bool:
+			dst = append(dst, key...)
 			if v.I != 0 {
 				dst = append(dst, "true"...)
 			} else {
 				dst = append(dst, "false"...)
 			}
 		case devices.Int:
+			dst = append(dst, key...)
 			dst = appendInt(dst, v.I)
 			dst = append(dst, 'i')
 		case devices.Float:
+			if math.IsNaN(v.F) || math.IsInf(v.F, 0) {
+				continue
+			}
+			dst = append(dst, key...)
 			dst = appendFloat(dst, v.F)
 		case devices.String:
+			dst = append(dst, key...)
 			dst = appendQuoted(dst, v.S)
+		default:
+			continue
 		}
+		n++
 	}
 	if n == 0 {
 		return dst[:start]
