@@ -42,6 +42,7 @@ type kindSet struct {
 	keep     []int64        // per field: how long history must be kept (0 = none)
 	usesPrev bool           // a rule reads prev(): assets keep their previous reading
 	props    []assetPropRef // asset properties the rules read, by memo slot
+	subs     []subExpr      // shared arithmetic sub-expressions, by memo slot
 	assets   []*devices.Asset
 	slow     atomic.Bool // a reading of the kind went over the rule budget: time the next rule by rule
 }
@@ -473,12 +474,24 @@ func (c *compiler) compileWhen(pf *parsedFile, at string, cr *compiledRule, ks *
 	// (the run's env) and a small integer, with signatures expr calls
 	// without reflection or an argument slice (OpCallTyped), returning
 	// values the context boxed once per reading.
-	fp := &patcher{fast: true, c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
-	opts = append(placeholderFunctions(), expr.Env(map[string]any{}), expr.AsBool(), expr.Patch(fp),
-		sandboxOption())
-	prog, err := expr.Compile(cr.spec.When, opts...)
-	if err == nil && len(fp.errs) > 0 {
-		err = errors.New(fp.errs[0].msg)
+	compileFast := func(src string) (*vm.Program, error) {
+		fp := &patcher{fast: true, c: c, ks: ks, cr: cr, names: map[ast.Node]string{}, thresholds: map[string]any{}}
+		opts := append(placeholderFunctions(), expr.Env(map[string]any{}), expr.AsBool(), expr.Patch(fp),
+			sandboxOption())
+		prog, err := expr.Compile(src, opts...)
+		if err == nil && len(fp.errs) > 0 {
+			err = errors.New(fp.errs[0].msg)
+		}
+		return prog, err
+	}
+	var prog *vm.Program
+	// Shared arithmetic sub-expressions (see shareSubexprs); should the
+	// rewritten condition not compile, the condition as written does.
+	if src, serr := c.shareSubexprs(ks, cr, cr.spec.When); serr == nil && src != cr.spec.When {
+		prog, err = compileFast(src)
+	}
+	if prog == nil {
+		prog, err = compileFast(cr.spec.When)
 	}
 	if err != nil {
 		c.exprError(pf, at, cr, 1, 0, "internal: compiling the checked expression failed: "+err.Error())
@@ -599,6 +612,9 @@ var timeFuncs = map[string]string{
 func (p *patcher) Visit(node *ast.Node) {
 	switch n := (*node).(type) {
 	case *ast.IdentifierNode:
+		if p.fast && n.Value == "__sub" {
+			return // a shared sub-expression (shareSubexprs), patched with its call
+		}
 		if strings.HasPrefix(n.Value, "__") || n.Value == "$env" {
 			p.fail(n, "%s is reserved", n.Value)
 			return
@@ -696,6 +712,10 @@ func (p *patcher) Visit(node *ast.Node) {
 			return
 		}
 		switch name {
+		case "__sub":
+			if p.fast && len(n.Arguments) == 1 {
+				ast.Patch(node, p.call("__sub", n.Arguments[0]))
+			}
 		case "prev":
 			if len(n.Arguments) != 1 {
 				p.fail(n, "prev takes one argument, a field of kind %s", p.ks.kind)
@@ -898,6 +918,7 @@ var fastFuncs = map[string]func(int) any{
 	"__a":   func(i int) any { return func(c any) any { return must(c.(*evalCtx).prop(i)) } },
 	"__t":   func(i int) any { return func(c any) any { return must(c.(*evalCtx).timeFunc(i)) } },
 	"__tb":  func(i int) any { return func(c any) bool { return c.(*evalCtx).timeBool(i) } },
+	"__sub": func(i int) any { return func(c any) any { return must(c.(*evalCtx).sub(i)) } },
 }
 
 // Codes of the context functions in the run-time pass: __t(code) returns

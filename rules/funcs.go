@@ -43,6 +43,10 @@ type evalCtx struct {
 	todBox  any
 	pmemo   []any // asset properties by kindSet.props slot
 	pmemoOK []bool
+	svm     vm.VM // runs shared sub-expressions (kindSet.subs) while vm runs a rule
+	smemo   []any
+	smemoOK []bool
+	serr    []error
 	out     []Transition
 	env     map[string]any // the run-time environment: function values bound to this context
 	pboxed  []any
@@ -55,6 +59,7 @@ type evalCtx struct {
 func newEvalCtx(loc *time.Location) *evalCtx {
 	c := &evalCtx{loc: loc}
 	c.vm.MemoryBudget = maxExprMemory
+	c.svm.MemoryBudget = maxExprMemory
 	return c
 }
 
@@ -171,6 +176,15 @@ func (c *evalCtx) reset(ks *kindSet, a *devices.Asset, st *assetState, vals []de
 	}
 	c.pmemo, c.pmemoOK = c.pmemo[:np], c.pmemoOK[:np]
 	clear(c.pmemoOK)
+	ns := 0
+	if ks != nil {
+		ns = len(ks.subs)
+	}
+	if cap(c.smemo) < ns {
+		c.smemo, c.smemoOK, c.serr = make([]any, ns), make([]bool, ns), make([]error, ns)
+	}
+	c.smemo, c.smemoOK, c.serr = c.smemo[:ns], c.smemoOK[:ns], c.serr[:ns]
+	clear(c.smemoOK)
 	c.sunOK, c.locOK, c.ageOK, c.todOK = false, false, false, false
 }
 
@@ -181,6 +195,8 @@ func (c *evalCtx) release() {
 	clear(c.pboxed)
 	clear(c.memo)
 	clear(c.pmemo)
+	clear(c.smemo)
+	clear(c.serr)
 	c.ageBox, c.todBox, c.sunBox = nil, nil, nil
 	clear(c.out)
 	c.out = c.out[:0]
