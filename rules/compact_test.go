@@ -2,6 +2,7 @@ package rules
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -168,4 +169,91 @@ func ringFields(s *assetState) []int {
 		fs = append(fs, int(r.field))
 	}
 	return fs
+}
+
+// TestAggregateMatchesNaive compares aggregate (binary-searched bounds,
+// one pass per operation) with a plain scan of the samples over random
+// series, windows and evaluation times.
+func TestAggregateMatchesNaive(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 200; round++ {
+		var r ring
+		typ := []devices.Type{devices.Float, devices.Int, devices.Bool}[round%3]
+		ts := int64(0)
+		for k := 0; k < 1+rnd.IntN(60); k++ {
+			ts += int64(rnd.IntN(5)) * int64(time.Second) // equal times too
+			var v devices.Value
+			switch typ {
+			case devices.Float:
+				v = devices.FloatValue(float64(rnd.IntN(7)) - 3)
+			case devices.Int:
+				v = devices.IntValue(int64(rnd.IntN(7)))
+			default:
+				v = devices.BoolValue(rnd.IntN(2) == 0)
+			}
+			r.push(ts, v, int64(time.Minute), 1000)
+		}
+		for _, op := range []aggOp{opAvg, opMin, opMax, opSum, opCount, opDelta, opRate, opChanges} {
+			now := ts - int64(rnd.IntN(20))*int64(time.Second)
+			w := int64(1+rnd.IntN(90)) * int64(time.Second)
+			got, gok := r.aggregate(op, now, w)
+			want, wok := naiveAggregate(&r, op, now, w)
+			if gok != wok || gok && math.Abs(got-want) > 1e-9 {
+				t.Fatalf("round %d op %d now %d w %d: got %v %v, want %v %v", round, op, now, w, got, gok, want, wok)
+			}
+		}
+	}
+}
+
+// naiveAggregate is the aggregate of the samples in (now-window, now], by a
+// plain scan.
+func naiveAggregate(r *ring, op aggOp, now, window int64) (float64, bool) {
+	var xs, ts []float64
+	var vs []devices.Value
+	for i := 0; i < int(r.n); i++ {
+		t, v := r.at(i)
+		if t <= now-window || t > now {
+			continue
+		}
+		xs, ts, vs = append(xs, v.Float64()), append(ts, float64(t)), append(vs, v)
+	}
+	n := len(xs)
+	sum, mn, mx := 0.0, math.Inf(1), math.Inf(-1)
+	for _, x := range xs {
+		sum, mn, mx = sum+x, math.Min(mn, x), math.Max(mx, x)
+	}
+	switch op {
+	case opAvg:
+		return sum / float64(n), n > 0
+	case opMin:
+		return mn, n > 0
+	case opMax:
+		return mx, n > 0
+	case opSum:
+		return sum, true
+	case opCount:
+		if r.typ == devices.Bool {
+			return sum, true
+		}
+		return float64(n), true
+	case opDelta:
+		if n < 2 {
+			return 0, false
+		}
+		return xs[n-1] - xs[0], true
+	case opRate:
+		if n < 2 || ts[n-1] == ts[0] {
+			return 0, false
+		}
+		return (xs[n-1] - xs[0]) / ((ts[n-1] - ts[0]) / 1e9), true
+	case opChanges:
+		c := 0
+		for i := 1; i < n; i++ {
+			if !vs[i].Equal(vs[i-1]) {
+				c++
+			}
+		}
+		return float64(c), true
+	}
+	return 0, false
 }

@@ -186,71 +186,111 @@ var aggNames = map[string]aggOp{"avg": opAvg, "min": opMin, "max": opMax, "sum":
 
 // aggregate computes op over the samples in (now-window, now]. ok is false
 // when there are too few samples for a meaningful answer (no data).
+// Samples are in time order, so the window's bounds are found by binary
+// search; delta and rate read only its first and last samples, and each
+// operation computes only what it needs.
 func (r *ring) aggregate(op aggOp, now, window int64) (float64, bool) {
-	from := now - window
-	var (
-		n             int
-		sum           float64
-		mn, mx        = math.Inf(1), math.Inf(-1)
-		firstT, lastT int64
-		first, last   float64
-		changes       int
-		prevJ         = -1
-	)
-	for i := 0; i < int(r.n); i++ {
-		j := r.idx(i)
-		t := (r.base + int64(r.t[j])) * 1e6
-		if t <= from || t > now {
-			continue
-		}
-		if op == opChanges {
-			if prevJ >= 0 && !r.equal(prevJ, j) {
-				changes++
-			}
-			prevJ = j
-			n++
-			continue
-		}
-		x := math.NaN() // strings (only changes() may read them; kept for safety)
-		if r.v != nil {
-			x = r.v[j]
-		}
+	lo := r.search(now - window) // first sample after now-window
+	hi := r.search(now)          // first sample after now
+	n := hi - lo
+	if r.v == nil && op != opChanges && op != opCount {
+		// Strings: only changes() (and count) may read them; others as
+		// the values were NaN.
 		if n == 0 {
-			firstT, first = t, x
+			return r.empty(op)
 		}
-		lastT, last = t, x
-		n++
-		sum += x
-		mn, mx = math.Min(mn, x), math.Max(mx, x)
+		return math.NaN(), op != opDelta && op != opRate || n >= 2
 	}
 	switch op {
-	case opAvg:
+	case opAvg, opSum:
 		if n == 0 {
-			return 0, false
+			return r.empty(op)
 		}
-		return sum / float64(n), true
-	case opMin:
-		return mn, n > 0
-	case opMax:
-		return mx, n > 0
-	case opSum:
+		sum := 0.0
+		for i := lo; i < hi; i++ {
+			sum += r.v[r.idx(i)]
+		}
+		if op == opAvg {
+			return sum / float64(n), true
+		}
 		return sum, true
-	case opCount:
-		if r.typ == devices.Bool {
-			return sum, true // bools: how many samples were true
+	case opMin, opMax:
+		if n == 0 {
+			return r.empty(op)
 		}
-		return float64(n), true
-	case opDelta:
-		return last - first, n >= 2
-	case opRate:
-		if n < 2 || lastT == firstT {
+		m := math.Inf(1)
+		if op == opMax {
+			m = math.Inf(-1)
+		}
+		for i := lo; i < hi; i++ {
+			if op == opMin {
+				m = math.Min(m, r.v[r.idx(i)])
+			} else {
+				m = math.Max(m, r.v[r.idx(i)])
+			}
+		}
+		return m, true
+	case opCount:
+		if r.typ != devices.Bool {
+			return float64(n), true
+		}
+		sum := 0.0 // bools: how many samples were true
+		for i := lo; i < hi; i++ {
+			sum += r.v[r.idx(i)]
+		}
+		return sum, true
+	case opDelta, opRate:
+		if n < 2 {
 			return 0, false
 		}
-		return (last - first) / (float64(lastT-firstT) / 1e9), true
+		first, last := r.idx(lo), r.idx(hi-1)
+		d := r.v[last] - r.v[first]
+		if op == opDelta {
+			return d, true
+		}
+		firstT, lastT := int64(r.t[first]), int64(r.t[last])
+		if lastT == firstT {
+			return 0, false
+		}
+		return d / (float64(lastT-firstT) / 1e3), true
 	case opChanges:
+		changes := 0
+		for i := lo + 1; i < hi; i++ {
+			if !r.equal(r.idx(i-1), r.idx(i)) {
+				changes++
+			}
+		}
 		return float64(changes), true
 	}
 	return 0, false
+}
+
+// empty is an operation's answer over a window without samples.
+func (r *ring) empty(op aggOp) (float64, bool) {
+	switch op {
+	case opSum, opCount, opChanges:
+		return 0, true
+	case opMin:
+		return math.Inf(1), false
+	case opMax:
+		return math.Inf(-1), false
+	}
+	return 0, false
+}
+
+// search returns the position (0 = oldest) of the first sample later than
+// unix nanoseconds ns, r.n when none is.
+func (r *ring) search(ns int64) int {
+	lo, hi := 0, int(r.n)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r.timeAt(m) <= ns {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo
 }
 
 // equal reports whether samples i and j (storage indexes) are the same
