@@ -344,9 +344,28 @@ func (s *Subscriber) processBatch(ctx context.Context, w *worker) {
 	if bh, ok := s.h.(BatchHandler); ok && len(w.ready) > 1 {
 		err = bh.HandleBatch(ctx, w.ready)
 		s.m.handleDur.Observe(time.Since(start).Seconds())
-		for k, ri := range w.of {
-			s.handled(w, w.items[ri.item], w.ready[k].Asset, ri.res, err)
+		if err != nil {
+			for k, ri := range w.of {
+				s.handled(w, w.items[ri.item], w.ready[k].Asset, ri.res, err)
+			}
+			return
 		}
+		// Accepted: handled's work for each, with the shared counters and
+		// the in-flight gauge updated once for the batch.
+		var n [nResults]uint64
+		for k, ri := range w.of {
+			w.items[ri.item].msg.Ack()
+			n[ri.res]++
+			s.m.readings[w.ready[k].Asset.Seq].Inc()
+		}
+		for r, c := range n {
+			if c > 0 {
+				s.counts[r].Add(c)
+				s.m.messages[r].Add(float64(c))
+			}
+		}
+		s.inflight.Add(-int64(len(w.of)))
+		s.m.inflight.Sub(float64(len(w.of)))
 		return
 	}
 	for k, r := range w.ready {
