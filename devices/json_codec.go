@@ -180,6 +180,12 @@ func (p *Profile) buildTrie() *pathNode {
 // A field of the wrong type is skipped and reported in the returned error,
 // which joins every problem; the other fields are still decoded. A payload
 // that is not a JSON object is an error with nothing decoded.
+//
+// DecodeJSON is safe for concurrent use. The profile remembers up to four
+// payload layouts it has decoded (a copy of one payload each, see
+// jsonShape); a payload laid out like one of them, as a device firmware's
+// payloads are, is decoded by comparing the bytes between its values and
+// parsing only the values, with the same result as a full parse.
 func (p *Profile) DecodeJSON(payload []byte, r *Reading) (time.Time, error) {
 	root := p.trie
 	if root == nil {
