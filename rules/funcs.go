@@ -48,7 +48,6 @@ type evalCtx struct {
 	smemoOK []bool
 	serr    []error
 	out     []Transition
-	env     map[string]any // the run-time environment: function values bound to this context
 	pboxed  []any
 	pboxOK  []bool
 	timed   bool // time each rule against the rule budget
