@@ -528,35 +528,47 @@ func (d *jsonDecoder) number(n *pathNode, i int) (int, error) {
 	}
 	var mant uint64
 	intStart := i
-	for i < len(b) && b[i]-'0' < 10 {
-		mant = mant*10 + uint64(b[i]-'0')
-		i++
+	for ; i < len(b); i++ {
+		c := b[i] - '0'
+		if c > 9 {
+			break
+		}
+		mant = mant*10 + uint64(c)
 	}
 	intDigits, frac := i-intStart, 0
-	dot := i < len(b) && b[i] == '.'
-	if dot {
+	if i < len(b) && b[i] == '.' {
 		i++
 		fracStart := i
-		for i < len(b) && b[i]-'0' < 10 {
-			mant = mant*10 + uint64(b[i]-'0')
-			i++
-		}
-		frac = i - fracStart
-	}
-	if intDigits > 0 && intDigits+frac <= 15 && !(dot && frac == 0) && !(intDigits > 1 && b[intStart] == '0') &&
-		!(i < len(b) && (b[i] == '.' || b[i] == 'e' || b[i] == 'E' || b[i] == '+' || b[i] == '-')) {
-		if n != nil {
-			x := float64(mant) / pow10[frac]
-			if neg {
-				x = -x
+		for ; i < len(b); i++ {
+			c := b[i] - '0'
+			if c > 9 {
+				break
 			}
-			if !d.setNumber(n, x) {
-				d.scalar(n, jsonNumber, "", x)
-			}
+			mant = mant*10 + uint64(c)
 		}
-		return i, nil
+		if frac = i - fracStart; frac == 0 {
+			return d.numberSlow(n, start) // "1."
+		}
 	}
-	return d.numberSlow(n, start)
+	if intDigits == 0 || intDigits+frac > 15 || intDigits > 1 && b[intStart] == '0' {
+		return d.numberSlow(n, start) // no integer digits, too many digits, a leading zero
+	}
+	if i < len(b) {
+		switch b[i] {
+		case '.', 'e', 'E', '+', '-':
+			return d.numberSlow(n, start) // an exponent, or not a number
+		}
+	}
+	if n != nil {
+		x := float64(mant) / pow10[frac]
+		if neg {
+			x = -x
+		}
+		if !d.setNumber(n, x) {
+			d.scalar(n, jsonNumber, "", x)
+		}
+	}
+	return i, nil
 }
 
 // numberSlow is the general path of number: the longest run of number
