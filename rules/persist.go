@@ -124,11 +124,9 @@ func (d *stateDB) deleteRule(id string) error {
 	return d.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRules).Delete([]byte(id)) })
 }
 
-func (d *stateDB) saveSeen(seen map[string]int64) error {
-	data, err := json.Marshal(seen)
-	if err != nil {
-		return err
-	}
+// saveSeen writes the JSON object {asset id: unix ns} of when assets were
+// last seen (Engine.appendSeenJSON).
+func (d *stateDB) saveSeen(data []byte) error {
 	return d.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySeen, data) })
 }
 
