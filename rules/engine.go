@@ -56,6 +56,11 @@ type Options struct {
 	HealthWindow   time.Duration // a rule with an error within this is unhealthy; default 5m
 	ReloadDebounce time.Duration // wait after a file change before reloading; default 250ms
 	Now            func() time.Time
+	// SeenElsewhere, when set, is asked before an absence rule calls an
+	// asset silent that this engine has not heard from: a reading stored
+	// there since counts as heard (rules.absence: shared, for replicas that
+	// each receive only their share of the assets).
+	SeenElsewhere SeenElsewhere
 }
 
 func (o *Options) defaults() {
@@ -211,6 +216,8 @@ type Engine struct {
 	pool   sync.Pool
 	start  int64
 	epoch  time.Time // Eval measures its duration on the monotonic clock from here
+	// absence confirms absences with Options.SeenElsewhere (nil without).
+	absence *absenceCheck
 
 	budgetLog atomic.Int64 // last over-budget log line, unix ns
 
@@ -259,6 +266,9 @@ func NewEngine(opts Options, cat *devices.Catalog, inv *devices.Inventory, reg p
 		e.assets[i].seen.Store(e.start)
 	}
 	e.pool.New = func() any { return newEvalCtx(e.opts.Location) }
+	if opts.SeenElsewhere != nil {
+		e.absence = newAbsenceCheck(opts.SeenElsewhere, inv.Len(), opts.TickInterval, reg, log)
+	}
 	if opts.StatePath != "" {
 		db, err := openStateDB(opts.StatePath)
 		if err != nil {
@@ -927,8 +937,15 @@ func (e *Engine) Tick(ctx context.Context, now time.Time) {
 	c := e.pool.Get().(*evalCtx)
 	for _, kind := range sortedKeys(set.kinds) {
 		ks := set.kinds[kind]
+		var unjudged []bool // by asset Seq: its absence cannot be confirmed this tick
+		if e.absence != nil && len(ks.absence) > 0 {
+			unjudged = e.absence.confirm(ctx, e, ks, now)
+		}
 		for _, cr := range ks.absence {
 			for _, a := range ks.assets {
+				if unjudged != nil && unjudged[a.Seq] {
+					continue
+				}
 				st := &e.assets[a.Seq]
 				e.observe(cr, a, nowNs-st.seenNs() >= int64(cr.absent), now, c)
 			}

@@ -122,7 +122,22 @@ type Rules struct {
 	// (default 8, about 24 bytes per field and asset; 0 = off). 126,000
 	// assets at 16 took 86 MB in the city benchmark; 8 halves that.
 	DisplaySamples *int `yaml:"display_samples,omitempty"`
+	// Absence says what an absence rule (absent:) counts as hearing from
+	// an asset: "local" (the default), readings this gateway received;
+	// "shared", also readings any gateway stored in the InfluxDB database
+	// of influxdb.url and bucket, asked (gateway/lastseen) before an asset
+	// this gateway has not heard from is called silent. For replicas
+	// sharing a subscription under a sticky broker policy (EMQX
+	// hash_topic), where each replica receives only its share of the
+	// assets (gateway/DEPLOYMENT.md).
+	Absence string `yaml:"absence,omitempty"`
 }
+
+// The values of rules.absence.
+const (
+	AbsenceLocal  = "local"
+	AbsenceShared = "shared"
+)
 
 // DisplayHistory is DisplaySamples as rules.Options wants it (negative: off).
 func (r Rules) DisplayHistory() int {
@@ -313,6 +328,13 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 	if c.Rules.EvalBudget == nil {
 		d := yamlconf.Duration(50 * time.Millisecond)
 		c.Rules.EvalBudget = &d
+	}
+	switch c.Rules.Absence {
+	case "":
+		c.Rules.Absence = AbsenceLocal
+	case AbsenceLocal, AbsenceShared:
+	default:
+		add("$.rules.absence", "rules.absence", "want local or shared, got %q", c.Rules.Absence)
 	}
 	if c.Rules.QuarantineAfter < 0 || c.Rules.QuarantineWindow < 0 {
 		add("$.rules.quarantine_after", "rules.quarantine_after", "quarantine_after and quarantine_window must not be negative")

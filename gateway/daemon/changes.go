@@ -114,6 +114,7 @@ func Diff(old, nw *Deployment) Changes {
 				{"rules.quarantine_after", or.QuarantineAfter != nr.QuarantineAfter},
 				{"rules.quarantine_window", or.QuarantineWindow != nr.QuarantineWindow},
 				{"rules.display_samples", or.DisplayHistory() != nr.DisplayHistory()},
+				{"rules.absence", or.Absence != nr.Absence},
 			} {
 				if k.changed {
 					ch.Restart = append(ch.Restart, k.name)

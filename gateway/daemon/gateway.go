@@ -15,7 +15,9 @@ import (
 	"github.com/citygw/citygw/caseclient"
 	"github.com/citygw/citygw/devices"
 	"github.com/citygw/citygw/gateway/admin"
+	"github.com/citygw/citygw/gateway/config"
 	"github.com/citygw/citygw/gateway/influx"
+	"github.com/citygw/citygw/gateway/lastseen"
 	"github.com/citygw/citygw/gateway/modbuspoll"
 	"github.com/citygw/citygw/gateway/mqttsub"
 	"github.com/citygw/citygw/gateway/pipeline"
@@ -114,7 +116,16 @@ func build(d *Deployment, log *slog.Logger) (*Gateway, error) {
 		sink = g.cases
 	}
 	if len(d.RuleFiles) > 0 {
+		var seen rules.SeenElsewhere
+		if c.Rules.Absence == config.AbsenceShared {
+			timeout := wc.Timeout.D()
+			if timeout <= 0 {
+				timeout = 10 * time.Second
+			}
+			seen = lastseen.New(wc.URL, wc.Bucket, wc.Token, timeout)
+		}
 		g.engine, err = rules.NewEngine(rules.Options{
+			SeenElsewhere:    seen,
 			Location:         c.Gateway.Location,
 			Sink:             sink,
 			Silences:         c.Rules.Silences,

@@ -140,6 +140,10 @@ func TestDiff(t *testing.T) {
 			d.rulesSection = "rules: {files: [rules/*.yaml], eval_budget: 1s}\n"
 			d.writeAll()
 		}, Changes{Restart: []string{"rules.eval_budget"}}},
+		{"absence shared", func(d *deployDir) {
+			d.rulesSection = "rules: {files: [rules/*.yaml], absence: shared}\n"
+			d.writeAll()
+		}, Changes{Restart: []string{"rules.absence"}}},
 		{"no rules any more", func(d *deployDir) { d.rulesSection = ""; d.writeAll() }, Changes{Restart: []string{"rules.files"}, Rules: true}},
 		{"admin token rotated in its file", func(d *deployDir) { d.write(d.tokenFile, "tok-2\n") }, Changes{AdminToken: true}},
 		{"admin listener moved", func(d *deployDir) { d.adminListen = "127.0.0.1:1"; d.writeAll() }, Changes{AdminListen: true}},

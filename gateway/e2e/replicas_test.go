@@ -56,6 +56,29 @@ func binsCity(t *testing.T, dir string, bins int) string {
 // Replicas mode is on in its case client.
 func startReplica(t *testing.T, bin, dir, name string, c *city, db *testenv.InfluxDB, mqttURL string, dk *desk, deskKeyFile string) *gateway {
 	t.Helper()
+	return startReplicaWith(t, bin, dir, name, c, db, mqttURL, dk, deskKeyFile, replicaOpts{})
+}
+
+// replicaOpts vary a replica from the shared-subscription default.
+type replicaOpts struct {
+	topics  []string // its subscriptions instead of the shared $share/citygw/city/bins/{asset}/telemetry
+	absence string   // rules.absence
+}
+
+func startReplicaWith(t *testing.T, bin, dir, name string, c *city, db *testenv.InfluxDB, mqttURL string, dk *desk, deskKeyFile string, opt replicaOpts) *gateway {
+	t.Helper()
+	subs := fmt.Sprintf(`[{topic: "$share/%s/city/bins/{asset}/telemetry", qos: 1}]`, shareGroup)
+	if len(opt.topics) > 0 {
+		var b strings.Builder
+		for _, topic := range opt.topics {
+			fmt.Fprintf(&b, "\n    - {topic: %q, qos: 1}", topic)
+		}
+		subs = b.String()
+	}
+	absence := ""
+	if opt.absence != "" {
+		absence = "\n  absence: " + opt.absence
+	}
 	dir = filepath.Join(dir, "replica-"+name)
 	g := &gateway{admin: fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), token: adminToken, rulesDir: filepath.Join(dir, "rules")}
 	if err := os.MkdirAll(g.rulesDir, 0o755); err != nil {
@@ -88,9 +111,9 @@ mqtt:
   broker: %[8]s
   client_id: citygw-%[1]s
   clean_session: false
-  subscriptions: [{topic: "$share/%[9]s/city/bins/{asset}/telemetry", qos: 1}]
+  subscriptions: %[9]s
 rules:
-  files: [%[10]q]
+  files: [%[10]q]%[15]s
 cases:
   outbox: %[11]q
   codes: %[12]q
@@ -103,9 +126,9 @@ cases:
     - {name: desk, type: open311, url: %[13]q}
   secrets:
     desk: {api_key: {file: %[14]q}}
-`, name, filepath.Join(dir, "state"), c.invFile, g.admin, tokenFile, db.URL(), db.Bucket(), mqttURL, shareGroup,
+`, name, filepath.Join(dir, "state"), c.invFile, g.admin, tokenFile, db.URL(), db.Bucket(), mqttURL, subs,
 		filepath.Join(g.rulesDir, "*.yaml"), filepath.Join(dir, "state", "cases.db"),
-		filepath.Join(repoRoot(t), "configs", "citycodes.yaml"), dk.url, deskKeyFile)
+		filepath.Join(repoRoot(t), "configs", "citycodes.yaml"), dk.url, deskKeyFile, absence)
 	file := filepath.Join(dir, "gateway.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
