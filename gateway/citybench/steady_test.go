@@ -224,3 +224,42 @@ func TestOutageSmall(t *testing.T) {
 		t.Errorf("InfluxDB was down %v s, want at least 4", s.Extra["outage_actual_s"])
 	}
 }
+
+func TestInprocess(t *testing.T) {
+	out := `goos: linux
+pkg: github.com/citygw/citygw/gateway/mqttsub
+BenchmarkIngest/batch=64         	  697749	      5166 ns/op	    193567 points/s	     242 B/op	       3 allocs/op
+BenchmarkIngest/batch=64         	  697749	      4166 ns/op	    240000 points/s	     242 B/op	       3 allocs/op
+BenchmarkIngest/batch=64         	  697749	      2000 ns/op	    500000 points/s	     242 B/op	       3 allocs/op
+BenchmarkEvalParallel-2   	   10000	    100 ns/op	   5200000 evals/s	  0 B/op	  12 allocs/op
+PASS
+`
+	runs, err := parseGoBench(out, "BenchmarkIngest/batch=64", "points/s")
+	if err != nil || len(runs) != 3 || runs[1].Metric != 240000 || runs[0].Allocs != 3 {
+		t.Fatalf("ingest runs %+v, %v", runs, err)
+	}
+	med, best := medianBest(runs, func(r benchRun) float64 { return r.Metric })
+	if med != 240000 || best != 500000 {
+		t.Errorf("median %v best %v", med, best)
+	}
+	if runs, err := parseGoBench(out, "BenchmarkEvalParallel", "evals/s"); err != nil || len(runs) != 1 || runs[0].Metric != 5.2e6 {
+		t.Errorf("rules runs %+v, %v", runs, err)
+	}
+	if _, err := parseGoBench(out, "BenchmarkNope", "x/s"); err == nil {
+		t.Error("a missing benchmark parsed")
+	}
+	if _, err := parseGoBench(out, "BenchmarkEvalParallel", "points/s"); err == nil {
+		t.Error("a missing metric parsed")
+	}
+	rep := &Report{Scenario: "inprocess", Params: map[string]any{"runs": 3}, Systems: []*SystemResult{{System: SysCitygw, Extra: map[string]any{
+		"ingest_median": 240000.0, "ingest_best": 500000.0, "ingest_allocs_per_op": 3.0,
+		"rules_median": 5.2e6, "rules_best": 5.3e6, "rules_allocs_per_op": 12.0}}}}
+	gs := inprocessGoals(rep)
+	if len(gs) != 2 || gs[0].reached != "**no** (median); best yes" || gs[1].reached != "yes (median); best yes" ||
+		!strings.Contains(gs[0].measured, "median 240k points/s, best 500k of 3 runs") || !strings.Contains(gs[1].measured, "5.20 M") {
+		t.Errorf("goals %+v", gs)
+	}
+	if gs := inprocessGoals(nil); gs[0].measured != "inprocess not run in this report" {
+		t.Errorf("goals without the scenario %+v", gs)
+	}
+}
