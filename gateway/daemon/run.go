@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,9 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	if err != nil {
 		return err
 	}
+	// Loading a city's inventory leaves hundreds of MB of parse garbage;
+	// return it to the OS now rather than over the scavenger's minutes.
+	debug.FreeOSMemory()
 	// The status page's routes stay on the admin server across component
 	// restarts and serve the current page.
 	g.page.Mount(routeRecorder(func(pattern string) { r.adm.Handle(pattern, http.HandlerFunc(r.servePage)) }))
