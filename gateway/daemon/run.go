@@ -304,6 +304,7 @@ func (r *runner) reload(ctx context.Context, reply chan<- reloadResult) {
 		r.m.lastOKTime.SetToCurrentTime()
 		r.log.Info("deployment reloaded", "applied", res.Applied, "changes", strings.Join(res.Changes, "; "))
 		tuneRuntime(r.d.Config.Runtime, r.log)
+		debug.FreeOSMemory() // the reload's parse garbage, as at start
 	} else {
 		r.m.failures.Inc()
 		r.m.lastOK.Set(0)
