@@ -7,6 +7,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/citygw/citygw/gateway/mqttconn"
 )
 
 // Counter is an MQTT subscriber that only counts what it receives: with QoS 1
@@ -42,8 +44,8 @@ func StartCounter(ctx context.Context, cfg CounterConfig) (*Counter, error) {
 		SetMaxReconnectInterval(2 * time.Second).
 		SetConnectTimeout(10 * time.Second).
 		SetKeepAlive(30 * time.Second).
-		SetCustomOpenConnectionFn(dial). // buffered, see conn.go
-		SetOrderMatters(true)            // the handler runs on the client's goroutine: no goroutine per message
+		SetCustomOpenConnectionFn(mqttconn.Dialer(flushBytes)). // buffered, see gateway/mqttconn
+		SetOrderMatters(true)                                   // the handler runs on the client's goroutine: no goroutine per message
 	handler := func(_ mqtt.Client, _ mqtt.Message) {
 		now := time.Now().UnixNano()
 		if c.n.Add(1) == 1 {

@@ -35,7 +35,15 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/citygw/citygw/gateway/mqttconn"
 )
+
+// flushBytes is how much the publisher's and the counter's connections
+// gather before writing (gateway/mqttconn); they write far more than the
+// gateway, whose writes are acknowledgements. citygw's subscriber uses the
+// same connection, so the ceiling is measured on equal terms.
+const flushBytes = 32 << 10
 
 // Source supplies the assets and their payloads.
 type Source interface {
@@ -245,7 +253,7 @@ func newConn(cfg Config, c int) *conn {
 		SetKeepAlive(30 * time.Second).
 		SetWriteTimeout(30 * time.Second).
 		SetMaxResumePubInFlight(cfg.InFlight).
-		SetCustomOpenConnectionFn(dial). // buffered, see conn.go
+		SetCustomOpenConnectionFn(mqttconn.Dialer(flushBytes)). // buffered, see gateway/mqttconn
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			log.Warn("mqtt connection lost", "broker", cfg.Broker, "err", err)
 		})

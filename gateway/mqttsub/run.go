@@ -7,6 +7,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/citygw/citygw/gateway/mqttconn"
 )
 
 // Run connects, subscribes and hands readings to the Handler until ctx is
@@ -64,9 +66,9 @@ func (s *Subscriber) options() *mqtt.ClientOptions {
 		SetWriteTimeout(c.ConnectTimeout.D()).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(c.MaxReconnectInterval.D()).
-		SetConnectRetry(false).          // the first connection is retried by connect, which logs why it failed
-		SetResumeSubs(false).            // we subscribe again on every connect
-		SetCustomOpenConnectionFn(dial). // buffered reads, see conn.go
+		SetConnectRetry(false).                        // the first connection is retried by connect, which logs why it failed
+		SetResumeSubs(false).                          // we subscribe again on every connect
+		SetCustomOpenConnectionFn(mqttconn.Dialer(0)). // buffered reads, coalesced writes (gateway/mqttconn)
 		SetDefaultPublishHandler(s.onMessage).
 		SetOnConnectHandler(s.onConnect).
 		SetConnectionLostHandler(s.onConnectionLost).

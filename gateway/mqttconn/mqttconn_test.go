@@ -1,4 +1,4 @@
-package mqttsub
+package mqttconn
 
 import (
 	"bytes"
@@ -34,23 +34,23 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 	return client, server
 }
 
-func TestBufferedConnKeepsOrderAndFlushesOnClose(t *testing.T) {
+func TestConnKeepsOrderAndFlushesOnClose(t *testing.T) {
 	raw, peer := tcpPair(t)
-	c := &bufferedConn{Conn: raw}
+	c := New(raw, DefaultFlushBytes)
 	var want bytes.Buffer
 	for i := range 5000 {
 		// Small packets like PUBACKs, and now and then a big one that is
 		// written at once, overtaking nothing.
 		p := []byte(fmt.Sprintf("<%d>", i))
 		if i%1000 == 999 {
-			p = bytes.Repeat([]byte{'x'}, flushBytes+1)
+			p = bytes.Repeat([]byte{'x'}, DefaultFlushBytes+1)
 		}
 		want.Write(p)
 		if n, err := c.Write(p); err != nil || n != len(p) {
 			t.Fatalf("Write %d: %d, %v", i, n, err)
 		}
 	}
-	// The last packets are still pending (no flushDelay passed yet when
+	// The last packets are still pending (no FlushDelay passed yet when
 	// written): Close must send them before closing.
 	done := make(chan []byte)
 	go func() {
@@ -69,9 +69,9 @@ func TestBufferedConnKeepsOrderAndFlushesOnClose(t *testing.T) {
 	}
 }
 
-func TestBufferedConnFlushesAloneAfterTheDelay(t *testing.T) {
+func TestConnFlushesAloneAfterTheDelay(t *testing.T) {
 	raw, peer := tcpPair(t)
-	c := &bufferedConn{Conn: raw}
+	c := New(raw, DefaultFlushBytes)
 	if _, err := c.Write([]byte{0x40, 0x02, 0x00, 0x01}); err != nil { // a PUBACK
 		t.Fatal(err)
 	}
@@ -83,12 +83,12 @@ func TestBufferedConnFlushesAloneAfterTheDelay(t *testing.T) {
 	}
 }
 
-func TestBufferedConnCloseDoesNotHangOnADeadPeer(t *testing.T) {
+func TestConnCloseDoesNotHangOnADeadPeer(t *testing.T) {
 	raw, _ := tcpPair(t) // the peer never reads
-	c := &bufferedConn{Conn: raw}
+	c := New(raw, DefaultFlushBytes)
 	writerDone := make(chan error, 1)
 	go func() {
-		big := make([]byte, flushBytes)
+		big := make([]byte, DefaultFlushBytes)
 		for {
 			if _, err := c.Write(big); err != nil {
 				writerDone <- err
@@ -114,9 +114,9 @@ func TestBufferedConnCloseDoesNotHangOnADeadPeer(t *testing.T) {
 	}
 }
 
-func TestBufferedConnReportsWriteErrors(t *testing.T) {
+func TestConnReportsWriteErrors(t *testing.T) {
 	raw, _ := tcpPair(t)
-	c := &bufferedConn{Conn: raw}
+	c := New(raw, DefaultFlushBytes)
 	raw.Close() // broken underneath
 	c.Write([]byte("a"))
 	if err := c.flush(); err == nil {

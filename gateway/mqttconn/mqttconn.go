@@ -1,4 +1,11 @@
-package mqttsub
+// Package mqttconn is the network connection under citygw's paho MQTT
+// clients (the gateway's subscriber, the simulator's load generator and
+// counter). paho reads every packet from the socket unbuffered, its fixed
+// header a byte at a time, and writes every packet, every PUBACK, with its
+// own system call: three or four system calls per message, which dominated
+// the CPU profiles at high rates. A Conn buffers the reads and coalesces
+// the writes for up to a millisecond.
+package mqttconn
 
 import (
 	"bufio"
@@ -15,12 +22,35 @@ import (
 // readBufferSize is the read buffer in front of the broker connection.
 const readBufferSize = 64 << 10
 
+// Dialer returns a paho connection function (for
+// ClientOptions.SetCustomOpenConnectionFn) that opens the connection as
+// paho's built-in dialer does and wraps it in a Conn writing at once past
+// flushBytes of pending packets (DefaultFlushBytes when 0).
+func Dialer(flushBytes int) mqtt.OpenConnectionFunc {
+	if flushBytes <= 0 {
+		flushBytes = DefaultFlushBytes
+	}
+	return func(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
+		c, err := dial(uri, o)
+		if err != nil {
+			return nil, err
+		}
+		return New(c, flushBytes), nil
+	}
+}
+
+// New wraps an open broker connection: reads buffered, writes coalesced
+// for up to FlushDelay or flushBytes.
+func New(c net.Conn, flushBytes int) *Conn {
+	if flushBytes <= 0 {
+		flushBytes = DefaultFlushBytes
+	}
+	return &Conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), flushBytes: flushBytes}
+}
+
 // dial opens the network connection to the broker as paho's built-in dialer
-// does (tcp, TLS, websockets), and buffers reads: paho reads every packet
-// from the socket unbuffered, its fixed header a byte at a time, which costs
-// three or four system calls per message and dominated the CPU profile at
-// high rates. (Unlike paho's dialer it does not honour proxy environment
-// variables.)
+// does (tcp, TLS, websockets). (Unlike paho's dialer it does not honour
+// proxy environment variables.)
 func dial(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
 	d := &net.Dialer{Timeout: o.ConnectTimeout}
 	var conn net.Conn
@@ -44,34 +74,35 @@ func dial(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &bufferedConn{Conn: conn, r: bufio.NewReaderSize(conn, readBufferSize)}, nil
+	return conn, nil
 }
 
 // Write coalescing.
 const (
-	// flushDelay is how long a written packet may wait for company. Acks
+	// FlushDelay is how long a written packet may wait for company. Acks
 	// are the bulk of what the subscriber writes; delaying them a
 	// millisecond costs nothing (the broker's in-flight window is far
 	// larger than a millisecond of messages) and lets tens of them share
 	// one system call at high rates.
-	flushDelay = time.Millisecond
-	// flushBytes: this much pending is written at once.
-	flushBytes = 16 << 10
+	FlushDelay = time.Millisecond
+	// DefaultFlushBytes: this much pending is written at once.
+	DefaultFlushBytes = 16 << 10
 	// closeFlushTimeout bounds the last flush on Close (paho closes right
 	// after writing DISCONNECT) and ends a write stuck on a dead peer.
 	closeFlushTimeout = 250 * time.Millisecond
 )
 
-// bufferedConn buffers reads and coalesces writes. paho reads from one
+// Conn buffers reads and coalesces writes. paho reads from one
 // goroutine at a time, unbuffered, the fixed header a byte at a time; and it
 // writes every packet, every PUBACK, with its own system call. Writes here
 // are appended to a pending buffer that is written flushDelay after the
-// first of them (or at once past flushBytes), in order. A write error is
+// first of them (or at once past its flushBytes), in order. A write error is
 // returned by the next Write (paho then drops the connection; the reader
 // notices a dead peer too).
-type bufferedConn struct {
+type Conn struct {
 	net.Conn
-	r *bufio.Reader
+	r          *bufio.Reader
+	flushBytes int
 
 	writeMu sync.Mutex // held while writing to Conn: flushes go out in order
 
@@ -86,9 +117,9 @@ type bufferedConn struct {
 	closeErr  error
 }
 
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *Conn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (c *bufferedConn) Write(p []byte) (int, error) {
+func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	if c.err != nil || c.closed {
 		err := c.err
@@ -99,7 +130,7 @@ func (c *bufferedConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	c.pending = append(c.pending, p...)
-	now := len(c.pending) >= flushBytes
+	now := len(c.pending) >= c.flushBytes
 	arm := !now && !c.armed
 	if arm {
 		c.armed = true
@@ -110,13 +141,13 @@ func (c *bufferedConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	} else if arm {
-		time.AfterFunc(flushDelay, func() { _ = c.flush() })
+		time.AfterFunc(FlushDelay, func() { _ = c.flush() })
 	}
 	return len(p), nil
 }
 
 // flush writes what is pending.
-func (c *bufferedConn) flush() error {
+func (c *Conn) flush() error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	c.mu.Lock()
@@ -138,7 +169,7 @@ func (c *bufferedConn) flush() error {
 }
 
 // Close writes what is pending (within closeFlushTimeout) and closes.
-func (c *bufferedConn) Close() error {
+func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout)) // also ends a stuck flush
 		_ = c.flush()
