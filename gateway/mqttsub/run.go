@@ -61,6 +61,7 @@ func (s *Subscriber) options() *mqtt.ClientOptions {
 		SetProtocolVersion(4). // MQTT 3.1.1
 		SetOrderMatters(true). // one router goroutine, arrival order; see the package doc
 		SetAutoAckDisabled(true).
+		SetStore(discardStore{}). // keeps nothing: see store.go
 		SetKeepAlive(c.KeepAlive.D()).
 		SetConnectTimeout(c.ConnectTimeout.D()).
 		SetWriteTimeout(c.ConnectTimeout.D()).
