@@ -324,8 +324,12 @@ func (r *Report) WriteJSON(file string) error {
 // Markdown renders the report as Markdown tables.
 func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "### %s — %s\n\n", r.Scenario, r.Date.UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(w, "%d CPUs (%s), load average before %s, after %s; %s; %s\n\n",
+	fmt.Fprintf(w, "%d CPUs (%s), load average before %s, after %s; %s; %s",
 		r.Machine.CPUs, r.Machine.CPUModel, r.Machine.LoadAvg, r.Machine.LoadAfter, r.Machine.Kernel, r.Machine.GoVersion)
+	if r.Build != "" {
+		fmt.Fprintf(w, "; revision %s", r.Build)
+	}
+	fmt.Fprint(w, "\n\n")
 	keys := make([]string, 0, len(r.Params))
 	for k := range r.Params {
 		keys = append(keys, k)
