@@ -320,6 +320,9 @@ func goals(by map[string]*Report) []goal {
 		rss, _ := s.Extra["rss_mb"].(float64)
 		hwm, _ := s.Extra["hwm_mb"].(float64)
 		m := fmt.Sprintf("%v assets: VmRSS %.0f MB, VmHWM %.0f MB, Go heap in use %v MB (windows: %v)", r.Params["assets"], rss, hwm, s.Extra["heap_inuse_mb"], r.Params["windows_full"])
+		if env, ok := r.Params["gateway_env"]; ok {
+			m += fmt.Sprintf("; citygw's environment: %v", env)
+		}
 		if s.Error != "" {
 			m += "; read although the run failed: " + s.Error
 		}

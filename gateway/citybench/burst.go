@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -48,6 +49,9 @@ func (s burst) Run(ctx context.Context, b *Bench) (*Report, error) {
 			"CPU and peak RSS: /proc between the publisher's start and full visibility for long-running processes; the publisher's and the counter's whole life (rusage). Peak RSS includes start-up (inventory loading).",
 			"citygw: shipped rules loaded, WAL on, no case sink (no desk in this scenario), per-asset rate cap off (configs/bench/gateway.yaml).",
 		}}
+	if len(o.GatewayEnv) > 0 {
+		rep.Params["gateway_env"] = strings.Join(o.GatewayEnv, " ")
+	}
 	inv, err := b.Inventory(ctx, assets)
 	if err != nil {
 		return nil, err

@@ -44,9 +44,12 @@ type Options struct {
 	Speed    float64
 	// Outage is how long InfluxDB stays stopped in the outage scenario (0:
 	// 60 s).
-	Outage   time.Duration
-	Conns    int // publisher connections
-	InFlight int // publisher in-flight window per connection
+	Outage time.Duration
+	// GatewayEnv is added to citygw's environment (KEY=VALUE), say
+	// GOMEMLIMIT=250MiB; recorded in the reports' parameters.
+	GatewayEnv []string
+	Conns      int // publisher connections
+	InFlight   int // publisher in-flight window per connection
 	// BatchSize and FlushInterval are citygw's InfluxDB batching
 	// (configs/gateway.yaml) and Telegraf's.
 	BatchSize     int

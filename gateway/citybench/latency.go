@@ -540,7 +540,7 @@ rules:
 	if err = os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		return cs, err
 	}
-	cs.GW = child(&Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", cfgFile}, Env: env,
+	cs.GW = child(&Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", cfgFile}, Env: append(env, b.Opts.GatewayEnv...),
 		LogFile: filepath.Join(dir, "gateway.log")})
 	fmt.Fprintf(p, "citybench: starting the gateway (%d assets)\n", cs.Inv.Len())
 	if err = cs.GW.Start(); err != nil {

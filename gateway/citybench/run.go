@@ -191,7 +191,7 @@ func (b *Bench) citygw(st *Stack, inv *Inventory) (*Process, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return child(&Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", file},
+	return child(&Process{Name: "gateway", Path: b.Gateway, Args: []string{"run", "-config", file}, Env: b.Opts.GatewayEnv,
 		LogFile: filepath.Join(st.Dir, "gateway.log")}), "http://" + admin, nil
 }
 

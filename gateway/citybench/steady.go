@@ -79,9 +79,13 @@ func (p steadyPlan) String() string {
 }
 
 func (p steadyPlan) params(o *Options) map[string]any {
-	return map[string]any{"assets": p.Assets, "interval": p.Interval.String(), "duration_simulated": p.Duration.String(),
+	m := map[string]any{"assets": p.Assets, "interval": p.Interval.String(), "duration_simulated": p.Duration.String(),
 		"speed": p.Speed, "wall_seconds": p.Wall().Seconds(), "points": p.Points(), "offered_points_per_s": round1(p.Offered()),
 		"publisher_conns": o.Conns, "publisher_inflight": o.InFlight, "batch_size": o.BatchSize, "flush_interval": o.FlushInterval.String()}
+	if len(o.GatewayEnv) > 0 {
+		m["gateway_env"] = strings.Join(o.GatewayEnv, " ")
+	}
+	return m
 }
 
 func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }

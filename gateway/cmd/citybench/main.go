@@ -62,6 +62,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	duration := fs.Duration("duration", 0, "steady, outage: simulated time (0: 10m); memory: 0 runs until the rules' windows and the display history are full")
 	speed := fs.Float64("speed", 0, "steady, outage, memory: simulated seconds per wall second (0: steady 10, outage 5, memory 10)")
 	outage := fs.Duration("outage", 0, "outage: how long InfluxDB stays stopped (0: 60s)")
+	gatewayEnv := fs.String("gateway-env", "", "comma-separated KEY=VALUE added to citygw's environment only (say GOMEMLIMIT=250MiB); recorded in the reports")
 	markdown := fs.String("markdown", "", "write BENCHMARKS.md-style Markdown of the scenarios run (and of -reports) to this file")
 	reports := fs.String("reports", "", "comma-separated JSON reports (from -out) to include in -markdown; with no -scenario given, nothing runs")
 	beforeReports := fs.String("before", "", "comma-separated JSON reports of the same scenarios on a baseline revision (say, run with -repo on a git worktree of it): -markdown compares citygw's figures and profiles with them")
@@ -126,7 +127,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	opts := citybench.Options{Repo: *repo, Work: *work, Systems: strings.Split(*systems, ","), Messages: *messages, Assets: *assets,
 		Conns: *conns, InFlight: *inflight, BatchSize: *batch, FlushInterval: *flush, Timeout: *timeout, NoBuild: *noBuild,
-		Interval: *interval, Duration: *duration, Speed: *speed, Outage: *outage,
+		Interval: *interval, Duration: *duration, Speed: *speed, Outage: *outage, GatewayEnv: splitList(*gatewayEnv),
 		Progress: stderr, Log: slog.New(slog.NewTextHandler(stderr, nil))}
 	b, err := citybench.New(ctx, opts)
 	if err != nil {
@@ -180,4 +181,12 @@ func outFile(out, scenario string, several bool) string {
 	}
 	ext := filepath.Ext(out)
 	return strings.TrimSuffix(out, ext) + "-" + scenario + ext
+}
+
+// splitList splits a comma-separated flag value; empty gives nil.
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
 }
