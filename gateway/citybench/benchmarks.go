@@ -133,7 +133,7 @@ func WriteBenchmarks(w io.Writer, reps, before []*Report, regen string) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| goal | measured | reached |")
 	fmt.Fprintln(w, "| --- | --- | --- |")
-	for _, g := range goals(by) {
+	for _, g := range goals(by, all) {
 		fmt.Fprintf(w, "| %s | %s | %s |\n", g.goal, g.measured, g.reached)
 	}
 	fmt.Fprintln(w)
@@ -243,7 +243,7 @@ func orUnknown(s string) string {
 type goal struct{ goal, measured, reached string }
 
 // goals evaluates issue 6's goals against the reports at hand.
-func goals(by map[string]*Report) []goal {
+func goals(by map[string]*Report, all map[string][]*Report) []goal {
 	var gs []goal
 	notRun := func(g, scenario string) goal {
 		return goal{g, scenario + " not run in this report", "–"}
@@ -319,9 +319,14 @@ func goals(by map[string]*Report) []goal {
 	} else {
 		rss, _ := s.Extra["rss_mb"].(float64)
 		hwm, _ := s.Extra["hwm_mb"].(float64)
-		m := fmt.Sprintf("%v assets: VmRSS %.0f MB, VmHWM %.0f MB, Go heap in use %v MB (windows: %v)", r.Params["assets"], rss, hwm, s.Extra["heap_inuse_mb"], r.Params["windows_full"])
+		m := fmt.Sprintf("%v assets: VmRSS %.0f MB, VmHWM %.0f MB, Go heap in use %v MB, gateway CPU %.1f s / M points (windows: %v)", r.Params["assets"], rss, hwm, s.Extra["heap_inuse_mb"], procCPU(s), r.Params["windows_full"])
 		if env, ok := r.Params["gateway_env"]; ok {
 			m += fmt.Sprintf("; citygw's environment: %v", env)
+		}
+		for _, o := range all["memory"] {
+			if os := o.System(SysCitygw); o != r && os != nil && os.Extra["rss_mb"] != nil {
+				m += fmt.Sprintf("; another run (%v): VmRSS %.0f MB, VmHWM %.0f MB, gateway CPU %.1f s / M points", orDefault(o.Params["gateway_env"]), os.Extra["rss_mb"], os.Extra["hwm_mb"], procCPU(os))
+			}
 		}
 		if s.Error != "" {
 			m += "; read although the run failed: " + s.Error
@@ -381,6 +386,22 @@ func si(v float64) string {
 		return fmt.Sprintf("%.2f M", v/1e6)
 	}
 	return fmt.Sprintf("%.0fk", v/1e3)
+}
+
+// orDefault names a run's citygw environment, "defaults" without one.
+func orDefault(env any) string {
+	if env == nil {
+		return "defaults"
+	}
+	return fmt.Sprint(env)
+}
+
+// procCPU is a system's CPU seconds per million points.
+func procCPU(s *SystemResult) float64 {
+	if p := s.Proc("system"); p != nil {
+		return p.CPUPerMillion
+	}
+	return 0
 }
 
 // yes renders whether a goal is reached.

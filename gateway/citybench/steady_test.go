@@ -129,8 +129,11 @@ func TestWriteBenchmarks(t *testing.T) {
 	burst.ComputeRatios()
 	mem := &Report{Scenario: "memory", Params: map[string]any{"assets": 126000, "windows_full": "10m"},
 		Systems: []*SystemResult{{System: SysCitygw, Points: 10, Extra: map[string]any{"rss_mb": 250.0, "hwm_mb": 320.0, "heap_inuse_mb": 100.0}}}}
+	memLimited := &Report{Scenario: "memory", Params: map[string]any{"assets": 126000, "gateway_env": "GOMEMLIMIT=260MiB"},
+		Systems: []*SystemResult{{System: SysCitygw, Points: 10, Extra: map[string]any{"rss_mb": 270.0, "hwm_mb": 330.0, "heap_inuse_mb": 90.0},
+			Procs: []ProcResult{{Role: "system", CPUPerMillion: 30}}}}}
 	var b strings.Builder
-	WriteBenchmarks(&b, []*Report{mem, burst}, nil, "go run ./gateway/cmd/citybench -reports x -markdown BENCHMARKS.md")
+	WriteBenchmarks(&b, []*Report{memLimited, mem, burst}, nil, "go run ./gateway/cmd/citybench -reports x -markdown BENCHMARKS.md")
 	out := b.String()
 	if !strings.HasPrefix(out, BenchmarksMarker+"\n") {
 		t.Errorf("no marker first:\n%.200s", out)
@@ -143,6 +146,7 @@ func TestWriteBenchmarks(t *testing.T) {
 		"| gateway CPU s per M points ≤ 1/5 of Telegraf's (burst) | citygw/telegraf cpu_per_million = 0.40 | **no** |",
 		"| gateway peak RSS ≤ 1/3 of Telegraf's (burst) | citygw/telegraf peak_rss = 0.17 | yes |",
 		"VmRSS 250 MB, VmHWM 320 MB", "yes (VmRSS); peak VmHWM **no**",
+		"another run (GOMEMLIMIT=260MiB): VmRSS 270 MB, VmHWM 330 MB, gateway CPU 30.0 s / M points",
 		"### steady\n\nNot run in this report.", "### outage\n\nNot run in this report.",
 		"outage not run in this report",
 		"## How to regenerate",
