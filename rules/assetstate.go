@@ -142,20 +142,26 @@ func (s *assetState) save(vals []devices.Value, keepPrev bool) {
 	k = 0
 	for i := range vals {
 		v := &vals[i]
-		var x uint64
-		switch v.Type {
-		case devices.Bool, devices.Int:
-			x = uint64(v.I)
-		case devices.Float:
-			x = math.Float64bits(v.F)
-		case devices.String:
+		if v.Type == devices.String {
 			s.strs[k] = v.S
 			k++
 		}
-		w[i] = x
+		w[i] = valueWord(v)
 		types[i/16] |= uint64(v.Type&15) << (4 * (i % 16))
 	}
 	s.nf, s.nstr, s.prev = uint16(nf), uint16(k), keepPrev
+}
+
+// valueWord is a value's word in the packed last reading: the integer
+// (bools as 0 or 1) or the float's bits; strings are kept beside the words.
+func valueWord(v *devices.Value) uint64 {
+	switch v.Type {
+	case devices.Bool, devices.Int:
+		return uint64(v.I)
+	case devices.Float:
+		return math.Float64bits(v.F)
+	}
+	return 0
 }
 
 // saveLast is save without the previous reading when the layout is
@@ -168,16 +174,10 @@ func (s *assetState) saveLast(vals []devices.Value) {
 	s.strs = s.strs[:0]
 	for i := range vals {
 		v := &vals[i]
-		var x uint64
-		switch v.Type {
-		case devices.Bool, devices.Int:
-			x = uint64(v.I)
-		case devices.Float:
-			x = math.Float64bits(v.F)
-		case devices.String:
+		if v.Type == devices.String {
 			s.strs = append(s.strs, v.S)
 		}
-		w[i] = x
+		w[i] = valueWord(v)
 		types[i>>4] |= uint64(v.Type&15) << (4 * (i & 15))
 	}
 	if len(s.strs) < n {

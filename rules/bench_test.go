@@ -209,15 +209,10 @@ func BenchmarkEvalDisplayPush(b *testing.B) {
 	}
 }
 
-// BenchmarkEvalWasteBin is the gateway's per-reading cost of the rule
-// engine in issue 6's benchmark city: one waste-bin reading against the
-// shipped rules (4 condition rules and 1 absence rule of kind waste_bin),
-// round-robin over 10,000 bins a minute apart, with the default display
-// history: recording the reading, its window sample and display row, and
-// evaluating the rules.
-func BenchmarkEvalWasteBin(b *testing.B) {
+// wasteBinCity is an engine with the shipped rules over n waste bins, and
+// the time their readings start at.
+func wasteBinCity(b *testing.B, n int) (*Engine, *devices.Inventory, time.Time) {
 	cat := testCatalog(b)
-	const n = 10000
 	as := make([]*devices.Asset, n)
 	for i := range as {
 		as[i] = &devices.Asset{ID: fmt.Sprintf("B%05d", i), Model: "binsense-ws3", Lat: 31.2, Lon: 121.5,
@@ -228,7 +223,18 @@ func BenchmarkEvalWasteBin(b *testing.B) {
 		b.Fatal(err)
 	}
 	e, _ := newTestEngine(b, Options{Location: time.UTC, EvalBudget: 50 * time.Millisecond}, inv, cat, shippedRules(b)...)
-	t0 := time.Date(2026, 6, 21, 4, 0, 0, 0, time.UTC)
+	return e, inv, time.Date(2026, 6, 21, 4, 0, 0, 0, time.UTC)
+}
+
+// BenchmarkEvalWasteBin is the gateway's per-reading cost of the rule
+// engine in issue 6's benchmark city: one waste-bin reading against the
+// shipped rules (4 condition rules and 1 absence rule of kind waste_bin),
+// round-robin over 10,000 bins a minute apart, with the default display
+// history: recording the reading, its window sample and display row, and
+// evaluating the rules.
+func BenchmarkEvalWasteBin(b *testing.B) {
+	const n = 10000
+	e, inv, t0 := wasteBinCity(b, n)
 	rs := make([]*devices.Reading, n)
 	for i, a := range inv.Assets {
 		rs[i] = reading(b, a, t0, map[string]any{"fill_pct": 40.0, "distance_cm": 60, "temperature_c": 21.5,
@@ -258,19 +264,8 @@ func BenchmarkEvalWasteBin(b *testing.B) {
 // each goroutine on its own share of the 10,000 bins: what the per-reading
 // work shares between cores (metrics, pools, the rules' state).
 func BenchmarkEvalWasteBinParallel(b *testing.B) {
-	cat := testCatalog(b)
 	const n = 10000
-	as := make([]*devices.Asset, n)
-	for i := range as {
-		as[i] = &devices.Asset{ID: fmt.Sprintf("B%05d", i), Model: "binsense-ws3", Lat: 31.2, Lon: 121.5,
-			MQTT: &devices.MQTTAddr{Topic: fmt.Sprintf("bins/B%05d", i)}, Attrs: map[string]any{"capacity_l": 240.0}}
-	}
-	inv, err := devices.NewInventory(cat, as)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e, _ := newTestEngine(b, Options{Location: time.UTC, EvalBudget: 50 * time.Millisecond}, inv, cat, shippedRules(b)...)
-	t0 := time.Date(2026, 6, 21, 4, 0, 0, 0, time.UTC)
+	e, inv, t0 := wasteBinCity(b, n)
 	vals := map[string]any{"fill_pct": 40.0, "distance_cm": 60, "temperature_c": 21.5, "tilt_deg": 2.0, "lid_open": false,
 		"battery_pct": 88, "battery_v": 3.61, "rssi_dbm": -87, "snr_db": 7.5, "firmware": "3.1.4"}
 	ctx := context.Background()
