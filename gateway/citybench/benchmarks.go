@@ -122,6 +122,16 @@ func WriteBenchmarks(w io.Writer, reps, before []*Report, regen string) {
 		}
 	}
 	fmt.Fprint(w, cmds.String())
+	var baseCmds []string
+	for _, r := range before {
+		if r != nil && r.Command != "" && !slices.Contains(baseCmds, r.Command) {
+			baseCmds = append(baseCmds, r.Command)
+		}
+	}
+	if len(baseCmds) > 0 {
+		fmt.Fprintln(w, "# the baseline (\"Before and after\"), on a git worktree of the older revision:")
+		fmt.Fprintln(w, strings.Join(baseCmds, "\n"))
+	}
 	if regen != "" {
 		fmt.Fprintln(w, "# this file:")
 		fmt.Fprintln(w, regen)
