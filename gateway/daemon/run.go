@@ -298,13 +298,12 @@ func (r *runner) serveReload(w http.ResponseWriter, req *http.Request) {
 func (r *runner) reload(ctx context.Context, reply chan<- reloadResult) {
 	var next net.Listener
 	res := r.apply(ctx, &next)
+	debug.FreeOSMemory() // loading the deployment again left its parse garbage, as at start
 	if res.OK {
 		r.m.success.Inc()
 		r.m.lastOK.Set(1)
 		r.m.lastOKTime.SetToCurrentTime()
 		r.log.Info("deployment reloaded", "applied", res.Applied, "changes", strings.Join(res.Changes, "; "))
-		tuneRuntime(r.d.Config.Runtime, r.log)
-		debug.FreeOSMemory() // the reload's parse garbage, as at start
 	} else {
 		r.m.failures.Inc()
 		r.m.lastOK.Set(0)
@@ -369,6 +368,9 @@ func (r *runner) apply(ctx context.Context, next *net.Listener) reloadResult {
 	}
 	if ch.AdminToken {
 		r.adm.SetToken(token)
+	}
+	if ch.Runtime {
+		tuneRuntime(nd.Config.Runtime, r.log)
 	}
 	r.mu.Lock()
 	r.d = nd
