@@ -50,13 +50,39 @@ func binsCity(t *testing.T, dir string, bins int) string {
 	return file
 }
 
-// startReplica runs one gateway replica: its own id, MQTT client id
-// (persistent session), data directory and admin port; the shared
-// subscription, the InfluxDB database and the case desk are common.
-// Replicas mode is on in its case client.
-func startReplica(t *testing.T, bin, dir, name string, c *city, db *testenv.InfluxDB, mqttURL string, dk *desk, deskKeyFile string) *gateway {
+// replicaCity is what the replicas tests share: the stack, the reference
+// case desk and its API key file, and a city of bins publishing every
+// second; replica starts gateway replicas on it.
+type replicaCity struct {
+	st      *stack
+	dk      *desk
+	c       *city
+	keyFile string
+}
+
+func startReplicaCity(t *testing.T, bins int) *replicaCity {
 	t.Helper()
-	return startReplicaWith(t, bin, dir, name, c, db, mqttURL, dk, deskKeyFile, replicaOpts{})
+	st := startStack(t)
+	deskBin := testenv.BuildBinary(t, "github.com/citygw/citygw/caseclient/cmd/casedesk", st.binDir, false)
+	rc := &replicaCity{st: st, dk: startDesk(t, deskBin, st.dir), keyFile: filepath.Join(st.dir, "desk.key")}
+	rc.c = startCityFrom(t, st.simBin, st.dir, binsCity(t, st.dir, bins), st.mosq.URL(), "-mqtt-interval", "1s")
+	if err := os.WriteFile(rc.keyFile, []byte(deskAPIKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return rc
+}
+
+// waitStored waits until InfluxDB holds at least n points of every bin.
+func (rc *replicaCity) waitStored(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, 90*time.Second, fmt.Sprintf("at least %d points of every bin in InfluxDB", n), func() bool {
+		for _, as := range rc.c.inv.Assets {
+			if len(points(t, rc.st.db, as.Kind, as.ID)) < n {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // replicaOpts vary a replica from the shared-subscription default.
@@ -65,8 +91,13 @@ type replicaOpts struct {
 	absence string   // rules.absence
 }
 
-func startReplicaWith(t *testing.T, bin, dir, name string, c *city, db *testenv.InfluxDB, mqttURL string, dk *desk, deskKeyFile string, opt replicaOpts) *gateway {
+// replica runs one gateway replica: its own id, MQTT client id
+// (persistent session), data directory and admin port; the InfluxDB
+// database and the case desk are common, and by default the MQTT
+// subscription is shared. Replicas mode is on in its case client.
+func (rc *replicaCity) replica(t *testing.T, name string, opt replicaOpts) *gateway {
 	t.Helper()
+	bin, dir, c, db, mqttURL, dk, deskKeyFile := rc.st.gwBin, rc.st.dir, rc.c, rc.st.db, rc.st.mosq.URL(), rc.dk, rc.keyFile
 	subs := fmt.Sprintf(`[{topic: "$share/%s/city/bins/{asset}/telemetry", qos: 1}]`, shareGroup)
 	if len(opt.topics) > 0 {
 		var b strings.Builder
@@ -220,28 +251,14 @@ func missing(t testing.TB, c *city, db *testenv.InfluxDB, from, to int64) (lost,
 //
 // Run it alone: go test -race -count=1 -v -run TestReplicas ./gateway/e2e
 func TestReplicas(t *testing.T) {
-	st := startStack(t)
-	dir, db, mosq := st.dir, st.db, st.mosq
-	deskBin := testenv.BuildBinary(t, "github.com/citygw/citygw/caseclient/cmd/casedesk", st.binDir, false)
-	dk := startDesk(t, deskBin, dir)
-	c := startCityFrom(t, st.simBin, dir, binsCity(t, dir, 15), mosq.URL(), "-mqtt-interval", "1s")
-	keyFile := filepath.Join(dir, "desk.key")
-	if err := os.WriteFile(keyFile, []byte(deskAPIKey), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a := startReplica(t, st.gwBin, dir, "a", c, db, mosq.URL(), dk, keyFile)
-	b := startReplica(t, st.gwBin, dir, "b", c, db, mosq.URL(), dk, keyFile)
+	rc := startReplicaCity(t, 15)
+	db, c, dk := rc.st.db, rc.c, rc.dk
+	a := rc.replica(t, "a", replicaOpts{})
+	b := rc.replica(t, "b", replicaOpts{})
 	replicas := map[string]*gateway{"a": a, "b": b}
 	ok := func(g *gateway) float64 { return g.metric(t, "citygw_mqtt_messages_total", `result="ok"`) }
 
-	waitFor(t, 90*time.Second, "at least 3 points of every bin in InfluxDB", func() bool {
-		for _, as := range c.inv.Assets {
-			if len(points(t, db, as.Kind, as.ID)) < 3 {
-				return false
-			}
-		}
-		return true
-	})
+	rc.waitStored(t, 3)
 
 	t.Run("both replicas take part", func(t *testing.T) {
 		for name, g := range replicas {

@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/citygw/citygw/gateway/testenv"
 )
 
 // TestReplicasSticky runs two replicas that each receive only their share
@@ -20,15 +16,8 @@ import (
 //
 // Run it alone: go test -race -count=1 -v -run TestReplicasSticky ./gateway/e2e
 func TestReplicasSticky(t *testing.T) {
-	st := startStack(t)
-	dir, db, mosq := st.dir, st.db, st.mosq
-	deskBin := testenv.BuildBinary(t, "github.com/citygw/citygw/caseclient/cmd/casedesk", st.binDir, false)
-	dk := startDesk(t, deskBin, dir)
-	c := startCityFrom(t, st.simBin, dir, binsCity(t, dir, 9), mosq.URL(), "-mqtt-interval", "1s")
-	keyFile := filepath.Join(dir, "desk.key")
-	if err := os.WriteFile(keyFile, []byte(deskAPIKey), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	rc := startReplicaCity(t, 9)
+	db, c, dk := rc.st.db, rc.c, rc.dk
 	share := map[string][]string{}
 	owner := map[string]string{}
 	for i, a := range c.inv.Assets {
@@ -36,18 +25,11 @@ func TestReplicasSticky(t *testing.T) {
 		share[name] = append(share[name], a.MQTT.Topic)
 		owner[a.ID] = name
 	}
-	a := startReplicaWith(t, st.gwBin, dir, "a", c, db, mosq.URL(), dk, keyFile, replicaOpts{topics: share["a"], absence: "shared"})
-	b := startReplicaWith(t, st.gwBin, dir, "b", c, db, mosq.URL(), dk, keyFile, replicaOpts{topics: share["b"], absence: "shared"})
+	a := rc.replica(t, "a", replicaOpts{topics: share["a"], absence: "shared"})
+	b := rc.replica(t, "b", replicaOpts{topics: share["b"], absence: "shared"})
 	replicas := map[string]*gateway{"a": a, "b": b}
 
-	waitFor(t, 90*time.Second, "at least 3 points of every bin in InfluxDB", func() bool {
-		for _, as := range c.inv.Assets {
-			if len(points(t, db, as.Kind, as.ID)) < 3 {
-				return false
-			}
-		}
-		return true
-	})
+	rc.waitStored(t, 3)
 	// Each bin is written by its own replica only.
 	for _, as := range c.inv.Assets {
 		for _, row := range points(t, db, as.Kind, as.ID) {
