@@ -61,36 +61,63 @@ func (s burst) Run(ctx context.Context, b *Bench) (*Report, error) {
 	})
 	if rep != nil {
 		for _, s := range rep.Systems {
-			if top, ok := s.Extra["cpu_top"].(string); ok {
-				rep.Notes = append(rep.Notes, fmt.Sprintf("%s CPU profile, %v from %v after the publisher started (go tool pprof -top, flat):\n\n```\n%s```", s.System, burstProfileFor, burstProfileAfter, top))
-				delete(s.Extra, "cpu_top")
+			for _, p := range burstProfiles(s.System) {
+				if top, ok := s.Extra[p.key].(string); ok {
+					rep.Notes = append(rep.Notes, fmt.Sprintf("%s, %v from %v after the publisher started (go tool pprof -top, flat):\n\n```\n%s```", p.title, burstProfileFor, burstProfileAfter, top))
+					delete(s.Extra, p.key)
+				}
 			}
 		}
 	}
 	return rep, err
 }
 
-// The gateway's CPU profile in the burst: long enough to see the steady
-// ingest, after the connections' start.
+// The CPU profiles in the burst: long enough to see the steady ingest,
+// after the connections' start.
 const (
 	burstProfileAfter = 5 * time.Second
 	burstProfileFor   = 30 * time.Second
 )
 
-// profileCPU takes citygw's CPU profile over the burst's ingest (from its
-// admin listener's /debug/pprof/profile) into dir and returns its top
-// entries.
-func (b *Bench) profileCPU(ctx context.Context, st *Stack, dir string) (string, error) {
+// burstProfile is one CPU profile the burst takes while a system ingests:
+// the process (citygw from its admin listener, influxd from its HTTP API,
+// both serving /debug/pprof), where it goes in the report and its title.
+type burstProfile struct {
+	key, title string
+	base       func(*Stack) string
+	binary     func(*Bench) string // for go tool pprof's symbols; "" uses the profile's own
+	file       string
+}
+
+// burstProfiles lists the profiles taken under sys: citygw's own, and
+// InfluxDB's under every system that writes to it, since InfluxDB's CPU
+// per point bounds every system's points/s on a shared machine.
+func burstProfiles(sys string) []burstProfile {
+	var ps []burstProfile
+	if sys == SysCitygw {
+		ps = append(ps, burstProfile{key: "cpu_top", title: sys + " CPU profile", file: "cpu",
+			base: func(st *Stack) string { return st.Admin }, binary: func(b *Bench) string { return b.Gateway }})
+	}
+	if sys != SysCeiling {
+		ps = append(ps, burstProfile{key: "influxd_cpu_top", title: "influxd CPU profile under " + sys, file: "influxd-cpu",
+			base: func(st *Stack) string { return st.DB.URL() }, binary: func(*Bench) string { return "" }})
+	}
+	return ps
+}
+
+// profileCPU takes p's CPU profile over the burst's ingest (its
+// /debug/pprof/profile) into dir and returns its top entries.
+func (b *Bench) profileCPU(ctx context.Context, st *Stack, p burstProfile) (string, error) {
 	select {
 	case <-ctx.Done():
 		return "", ctx.Err()
 	case <-time.After(burstProfileAfter):
 	}
-	prof := filepath.Join(dir, "cpu.pb.gz")
-	if err := fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", st.Admin, int(burstProfileFor.Seconds())), prof); err != nil {
-		return "", fmt.Errorf("CPU profile: %w", err)
+	prof := filepath.Join(st.Dir, p.file+".pb.gz")
+	if err := fetch(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", p.base(st), int(burstProfileFor.Seconds())), prof); err != nil {
+		return "", fmt.Errorf("%s: %w", p.title, err)
 	}
-	return b.pprofTop(ctx, prof, "", filepath.Join(dir, "cpu-top.txt"))
+	return b.pprofTop(ctx, p.binary(b), prof, "", filepath.Join(st.Dir, p.file+"-top.txt"))
 }
 
 // runBurst measures one system under the burst on a fresh stack.
@@ -102,31 +129,32 @@ func (b *Bench) runBurst(ctx context.Context, sys string, inv *Inventory, messag
 	}
 	defer st.Stop()
 	type profiled struct {
-		top string
-		err error
+		key, top string
+		err      error
 	}
-	var prof chan profiled
-	if sys == SysCitygw {
-		prof = make(chan profiled, 1)
+	profiles := burstProfiles(sys)
+	prof := make(chan profiled, len(profiles))
+	for _, p := range profiles {
 		go func() {
-			top, err := b.profileCPU(ctx, st, st.Dir)
-			prof <- profiled{top, err}
+			top, err := b.profileCPU(ctx, st, p)
+			prof <- profiled{p.key, top, err}
 		}()
 	}
 	res, err := b.Measure(ctx, st, b.LoadArgs(assets, "-messages", strconv.Itoa(messages)), int64(messages))
 	if err != nil && res.Error == "" {
 		res.Error = err.Error()
 	}
-	if prof != nil {
-		// The profile may outlast a short run; the stack stays up for it.
-		if p := <-prof; p.err != nil {
+	// The profiles may outlast a short run; the stack stays up for them.
+	for range profiles {
+		p := <-prof
+		if p.err != nil {
 			fmt.Fprintf(b.Opts.Progress, "citybench: %s: no CPU profile: %v\n", sys, p.err)
-		} else {
-			if res.Extra == nil {
-				res.Extra = map[string]any{}
-			}
-			res.Extra["cpu_top"] = p.top
+			continue
 		}
+		if res.Extra == nil {
+			res.Extra = map[string]any{}
+		}
+		res.Extra[p.key] = p.top
 	}
 	return res, err
 }

@@ -119,7 +119,7 @@ func (b *Bench) inspectMemory(ctx context.Context, st *Stack, res *SystemResult,
 		return fmt.Errorf("heap profile: %w", err)
 	}
 	res.Extra["heap_profile"] = prof
-	top, err := b.pprofTop(ctx, prof, "inuse_space", filepath.Join(dir, "heap-top.txt"))
+	top, err := b.pprofTop(ctx, b.Gateway, prof, "inuse_space", filepath.Join(dir, "heap-top.txt"))
 	if err != nil {
 		return err
 	}
@@ -127,15 +127,19 @@ func (b *Bench) inspectMemory(ctx context.Context, st *Stack, res *SystemResult,
 	return nil
 }
 
-// pprofTop renders a gateway profile's top entries (flat) with go tool
-// pprof, writes pprof's whole output to file, and returns the summary
-// lines and the table without pprof's file header.
-func (b *Bench) pprofTop(ctx context.Context, prof, sampleIndex, file string) (string, error) {
+// pprofTop renders a profile's top entries (flat) with go tool pprof
+// (binary: the profiled executable for its symbols, or "" to use the
+// names the profile carries), writes pprof's whole output to file, and
+// returns the summary lines and the table without pprof's file header.
+func (b *Bench) pprofTop(ctx context.Context, binary, prof, sampleIndex, file string) (string, error) {
 	args := []string{"tool", "pprof", "-top", "-nodecount=12"}
 	if sampleIndex != "" {
 		args = append(args, "-sample_index="+sampleIndex)
 	}
-	out, err := exec.CommandContext(ctx, "go", append(args, b.Gateway, prof)...).CombinedOutput()
+	if binary != "" {
+		args = append(args, binary)
+	}
+	out, err := exec.CommandContext(ctx, "go", append(args, prof)...).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go tool pprof: %w\n%s", err, out)
 	}

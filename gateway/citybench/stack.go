@@ -82,7 +82,8 @@ func (m *Mosquitto) WaitSubscribed(ctx context.Context, clientID, filter string,
 
 // InfluxDB is an influxd 1.8 started fresh for one system's run: HTTP API
 // on a free loopback port, data in its directory, auth off, no limit on
-// the values of a tag (126,000 assets), log in influxd.log.
+// the values of a tag (126,000 assets), /debug/pprof on (the burst
+// profiles influxd too), log in influxd.log.
 type InfluxDB struct {
 	*localproc.InfluxDB
 	http *http.Client
@@ -94,7 +95,7 @@ const InfluxDBInstall = localproc.InfluxDBInstall
 // StartInfluxDB writes an influxd configuration into dir, starts it and
 // waits until it answers /ping.
 func StartInfluxDB(dir string) (*InfluxDB, error) {
-	srv, err := localproc.NewInfluxDB(localproc.InfluxDBOptions{Dir: dir, UnlimitedTagValues: true})
+	srv, err := localproc.NewInfluxDB(localproc.InfluxDBOptions{Dir: dir, UnlimitedTagValues: true, Pprof: true})
 	if err != nil {
 		return nil, err
 	}

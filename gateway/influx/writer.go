@@ -57,10 +57,13 @@ type WriterConfig struct {
 	// line (the WAL's dir/dead_letter.lp); empty: they are only counted and
 	// logged.
 	DeadLetter string `yaml:"dead_letter,omitempty"`
-	// MaxInFlight is how many batches may be written at once, default 1.
-	// More can drain a backlog (the WAL's after an outage) faster when
-	// InfluxDB is remote or has cores to spare; batches are still handed
-	// back to their source in order.
+	// MaxInFlight is how many batches may be written at once, default 2.
+	// InfluxDB 1.8 handles a write request on one goroutine: with one
+	// request at a time it used about one core of two for our points and
+	// sat idle while the next batch was cut, and a 1,000,000-message burst
+	// took 75 s to land against 58 s with two (citybench burst). Batches are
+	// still handed back to their source in order; InfluxDB does not care in
+	// which order it gets points (one per series and timestamp).
 	MaxInFlight int `yaml:"max_in_flight,omitempty"`
 	// DisableGzip sends bodies uncompressed (gzip is on by default).
 	// influxd 1.8 enforces its max-body-size (413) only on uncompressed
@@ -94,7 +97,7 @@ func (c *WriterConfig) setDefaults() {
 	def(&c.ShutdownGrace, 10*time.Second)
 	def(&c.HealthInterval, 10*time.Second)
 	if c.MaxInFlight <= 0 {
-		c.MaxInFlight = 1
+		c.MaxInFlight = 2
 	}
 	if c.DeadLetterMaxBytes <= 0 {
 		c.DeadLetterMaxBytes = 64 << 20

@@ -24,6 +24,9 @@ type InfluxDBOptions struct {
 	// assets is 126,000 values of the asset tag, over the default limit of
 	// 100,000, and InfluxDB would refuse their points.
 	UnlimitedTagValues bool
+	// Pprof turns [http] pprof-enabled on: /debug/pprof on the HTTP API's
+	// port (loopback only), for profiling influxd under a benchmark.
+	Pprof bool
 }
 
 // InfluxDBConfig renders influxd's configuration for opts with the HTTP API
@@ -55,7 +58,7 @@ func InfluxDBConfig(opts InfluxDBOptions, httpPort, rpcPort int) string {
 	line("  auth-enabled = false")
 	line("  log-enabled = false")
 	line("  flux-enabled = %t", opts.Flux)
-	line("  pprof-enabled = false")
+	line("  pprof-enabled = %t", opts.Pprof)
 	if opts.MaxBodySize > 0 {
 		line("  max-body-size = %d", opts.MaxBodySize)
 	}
