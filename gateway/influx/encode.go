@@ -53,14 +53,21 @@ const (
 // CircuitAttr is the asset attribute written as the circuit tag.
 const CircuitAttr = "circuit"
 
-// Encoder turns Readings into line protocol. It caches each asset's
-// "measurement,tags " prefix (indexed by devices.Asset.Seq), so Append does
-// not allocate once an asset has been seen. It is safe for concurrent use.
+// Encoder turns Readings into line protocol. It caches each asset's line
+// start (indexed by devices.Asset.Seq), so Append does not allocate once an
+// asset has been seen. It is safe for concurrent use.
+//
+// The cache is shaped for a city's worth of assets: what is the same for
+// many assets (the measurement, the tags after asset, the field keys) is
+// built once per distinct combination and shared, and an asset's own entry
+// holds only the escaped id when escaping changed it. At 126,000 assets that
+// is about 40 bytes an asset instead of 150 for a whole prefix each.
 type Encoder struct {
 	gateway string
 
-	mu      sync.Mutex // serialises cache growth and schema key building
+	mu      sync.Mutex // serialises cache growth, tail and schema key building
 	chunks  atomic.Pointer[[]*prefixChunk]
+	tails   map[tailKey]*tail
 	schemas map[*devices.Schema]*schemaKeys
 }
 
@@ -69,11 +76,28 @@ const chunkSize = 1 << chunkBits
 
 type prefixChunk [chunkSize]atomic.Pointer[assetPrefix]
 
-// assetPrefix is one asset's cached line start and its kind's field keys.
+// assetPrefix is one asset's cached line start: tail.head, the escaped id
+// (id, or the asset's own ID when escaping left it as it was), tail.rest.
 type assetPrefix struct {
-	asset  *devices.Asset
-	prefix []byte
-	keys   *schemaKeys
+	asset *devices.Asset
+	tail  *tail
+	id    string
+}
+
+// tail is the part of a line start that many assets share: the measurement
+// and ",asset=" before the id, the other tags and the space after it, and
+// the kind's field keys.
+type tail struct {
+	head []byte // "measurement,asset=" ("measurement" for an asset without id)
+	rest []byte // ",circuit=…,district=…,gateway=…,grid=… "
+	keys *schemaKeys
+}
+
+// tailKey is what a tail is built from (the gateway tag is the encoder's).
+type tailKey struct {
+	kind, circuit, district, grid string
+	schema                        *devices.Schema
+	noID                          bool
 }
 
 // schemaKeys holds each schema field's escaped key between ',' and '='
@@ -84,7 +108,7 @@ type schemaKeys struct {
 
 // NewEncoder returns an encoder that tags every point with gatewayID.
 func NewEncoder(gatewayID string) *Encoder {
-	return &Encoder{gateway: gatewayID, schemas: map[*devices.Schema]*schemaKeys{}}
+	return &Encoder{gateway: gatewayID, tails: map[tailKey]*tail{}, schemas: map[*devices.Schema]*schemaKeys{}}
 }
 
 // Prepare builds the cached prefixes of every asset of inv, so that even the
@@ -129,8 +153,28 @@ func (e *Encoder) lookup(a *devices.Asset) *assetPrefix {
 }
 
 func (e *Encoder) build(a *devices.Asset) *assetPrefix {
-	b := make([]byte, 0, 96)
-	b = appendEscaped(b, a.Kind, escMeasurement)
+	id := a.ID
+	if esc := string(appendEscaped(nil, sanitizeTag(id), escTag)); esc != id {
+		id = esc
+	}
+	k := tailKey{kind: a.Kind, circuit: a.Attr(CircuitAttr), district: a.District, grid: a.Grid, schema: a.Schema, noID: a.ID == ""}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t := e.tails[k]
+	if t == nil {
+		t = e.newTailLocked(k)
+		e.tails[k] = t
+	}
+	return &assetPrefix{asset: a, tail: t, id: id}
+}
+
+// newTailLocked builds the shared part of the line starts of k's assets.
+func (e *Encoder) newTailLocked(k tailKey) *tail {
+	t := &tail{head: appendEscaped(nil, k.kind, escMeasurement)}
+	if !k.noID {
+		t.head = append(t.head, ","+TagAsset+"="...)
+	}
+	var b []byte
 	tag := func(k, v string) {
 		if v == "" {
 			return
@@ -140,28 +184,24 @@ func (e *Encoder) build(a *devices.Asset) *assetPrefix {
 		b = append(b, '=')
 		b = appendEscaped(b, sanitizeTag(v), escTag)
 	}
-	tag(TagAsset, a.ID)
-	tag(TagCircuit, a.Attr(CircuitAttr))
-	tag(TagDistrict, a.District)
+	tag(TagCircuit, k.circuit)
+	tag(TagDistrict, k.district)
 	tag(TagGateway, e.gateway)
-	tag(TagGrid, a.Grid)
-	b = append(b, ' ')
-	p := &assetPrefix{asset: a, prefix: b}
-	if a.Schema != nil {
-		e.mu.Lock()
-		sk := e.schemas[a.Schema]
-		if sk == nil || len(sk.keys) != len(a.Schema.Fields) {
-			sk = &schemaKeys{keys: make([][]byte, len(a.Schema.Fields))}
-			for i, f := range a.Schema.Fields {
-				k := appendEscaped([]byte{','}, f.Name, escTag)
-				sk.keys[i] = append(k, '=')
+	tag(TagGrid, k.grid)
+	t.rest = append(b, ' ')
+	if k.schema != nil {
+		sk := e.schemas[k.schema]
+		if sk == nil || len(sk.keys) != len(k.schema.Fields) {
+			sk = &schemaKeys{keys: make([][]byte, len(k.schema.Fields))}
+			for i, f := range k.schema.Fields {
+				key := appendEscaped([]byte{','}, f.Name, escTag)
+				sk.keys[i] = append(key, '=')
 			}
-			e.schemas[a.Schema] = sk
+			e.schemas[k.schema] = sk
 		}
-		e.mu.Unlock()
-		p.keys = sk
+		t.keys = sk
 	}
-	return p
+	return t
 }
 
 // Append appends r as one line of line protocol, terminated by '\n', to dst
@@ -173,13 +213,16 @@ func (e *Encoder) Append(dst []byte, r *devices.Reading) []byte {
 		return dst
 	}
 	p := e.lookup(a)
-	if p.keys == nil {
+	t := p.tail
+	if t.keys == nil {
 		return dst
 	}
 	start := len(dst)
-	dst = append(dst, p.prefix...)
+	dst = append(dst, t.head...)
+	dst = append(dst, p.id...)
+	dst = append(dst, t.rest...)
 	n := 0
-	vals, keys := r.Values, p.keys.keys
+	vals, keys := r.Values, t.keys.keys
 	if len(vals) > len(keys) {
 		vals = vals[:len(keys)]
 	}
