@@ -40,8 +40,9 @@ type Config struct {
 	Cases     *Cases     `yaml:"cases,omitempty"`
 	WAL       wal.Config `yaml:"wal,omitempty"` // the telemetry write-ahead log; on by default
 	Time      TimeCheck  `yaml:"timestamps,omitempty"`
-	// Runtime tunes Go's garbage collector (gc_percent, memory_limit);
-	// the GOGC and GOMEMLIMIT environment variables win over it.
+	// Runtime tunes Go's garbage collector (gc_percent, memory_limit,
+	// gc_headroom); the GOGC and GOMEMLIMIT environment variables win
+	// over it.
 	Runtime gctune.Config `yaml:"runtime,omitempty"`
 
 	// File is the path the configuration was loaded from.
@@ -250,8 +251,11 @@ func (c *Config) validate(doc *yamlconf.Doc, base string) yamlconf.Errors {
 		}
 		return filepath.Join(base, p)
 	}
-	if err := c.Runtime.Validate(); err != nil {
+	if err := gctune.ValidateMemoryLimit(c.Runtime.MemoryLimit); err != nil {
 		add("$.runtime.memory_limit", "runtime.memory_limit", "%v", err)
+	}
+	if err := gctune.ValidateHeadroom(c.Runtime.GCHeadroom); err != nil {
+		add("$.runtime.gc_headroom", "runtime.gc_headroom", "%v", err)
 	}
 	if c.Gateway.ID == "" {
 		add("$.gateway", "gateway.id", "required: it tags every point this gateway writes")

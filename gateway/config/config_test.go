@@ -71,6 +71,7 @@ func TestParseErrors(t *testing.T) {
 		{"mqtt without subs", ok + "mqtt: {broker: 'tcp://x:1', client_id: c}\n", "mqtt.subscriptions: at least one"},
 		{"bad log level", ok + "log: {level: loud}\n", `log.level: want debug, info, warn or error, got "loud"`},
 		{"bad memory limit", ok + "runtime: {memory_limit: 300MB}\n", `gw.yaml:4:25: runtime.memory_limit: want a size such as 600MiB (units B, KiB, MiB, GiB, TiB), got "300MB"`},
+		{"bad gc headroom", ok + "runtime: {gc_headroom: 100KiB}\n", `gw.yaml:4:24: runtime.gc_headroom: 100KiB is under 1MiB: the collector would run all the time ("off" turns the headroom off)`},
 		{"bad absence", ok + "rules: {absence: everywhere}\n", `gw.yaml:4:18: rules.absence: want local or shared, got "everywhere"`},
 	}
 	for _, tt := range tests {

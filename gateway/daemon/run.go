@@ -30,7 +30,8 @@ import (
 // (*runner).reload. ready, when non-nil, receives the admin listener's
 // address once it listens.
 func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan struct{}, ready chan<- string) error {
-	r := &runner{d: d, log: log, stable: prometheus.NewRegistry(), reqs: make(chan reloadRequest), quit: make(chan struct{}), started: time.Now()}
+	r := &runner{d: d, log: log, stable: prometheus.NewRegistry(), reqs: make(chan reloadRequest), quit: make(chan struct{}), started: time.Now(),
+		tuner: gctune.NewTuner()}
 	r.m = newReloadMetrics()
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "citygw_build_info", Help: "Gateway build and identity."}, []string{"version", "gateway"})
 	buildInfo.WithLabelValues(Version, d.Config.Gateway.ID).Set(1)
@@ -43,7 +44,7 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	if err != nil {
 		return fmt.Errorf("admin token: %w", err)
 	}
-	tuneRuntime(d.Config.Runtime, log)
+	gc := tuneRuntime(d.Config.Runtime, log)
 	r.adm = admin.New(prometheus.GathererFunc(r.gather), token, log.With("component", "admin"))
 	r.adm.SetStatus(r.status)
 	r.adm.HandleLifecycle("POST /-/reload", http.HandlerFunc(r.serveReload))
@@ -55,6 +56,11 @@ func Run(ctx context.Context, d *Deployment, log *slog.Logger, reload <-chan str
 	// Loading a city's inventory leaves hundreds of MB of parse garbage;
 	// return it to the OS now rather than over the scavenger's minutes.
 	debug.FreeOSMemory()
+	// The headroom only from now: while the deployment was built the heap
+	// grew faster than a once-a-second tuner follows, and the collector
+	// would have run over and over at a limit just above the old live heap.
+	r.tuner.Set(gc)
+	go r.tuner.Run(ctx, time.Second)
 	// The status page's routes stay on the admin server across component
 	// restarts and serve the current page.
 	g.page.Mount(routeRecorder(func(pattern string) { r.adm.Handle(pattern, http.HandlerFunc(r.servePage)) }))
@@ -106,6 +112,7 @@ type runner struct {
 	reqs    chan reloadRequest
 	quit    chan struct{} // closed when Run stops taking reloads
 	started time.Time
+	tuner   *gctune.Tuner // the garbage collector's headroom (runtime.gc_headroom)
 
 	mu  sync.RWMutex
 	cur *Gateway // nil while the components restart
@@ -370,7 +377,7 @@ func (r *runner) apply(ctx context.Context, next *net.Listener) reloadResult {
 		r.adm.SetToken(token)
 	}
 	if ch.Runtime {
-		tuneRuntime(nd.Config.Runtime, r.log)
+		r.tuner.Set(tuneRuntime(nd.Config.Runtime, r.log))
 	}
 	r.mu.Lock()
 	r.d = nd
@@ -424,16 +431,20 @@ func (r *runner) restart(ctx context.Context, nd *Deployment) error {
 }
 
 // tuneRuntime applies the configuration's garbage-collector settings
-// (gateway/gctune) and logs what is in force.
-func tuneRuntime(c gctune.Config, log *slog.Logger) {
+// (gateway/gctune), logs what is in force and returns it for the tuner.
+func tuneRuntime(c gctune.Config, log *slog.Logger) gctune.Settings {
 	s, err := gctune.Apply(c, gctune.SystemEnv())
 	if err != nil { // validated with the configuration: not expected
 		log.Error("runtime settings not applied", "err", err)
-		return
+		return s
 	}
-	limit := "none"
+	limit, headroom := "none", "off"
 	if s.MemoryLimit != math.MaxInt64 {
 		limit = strconv.FormatInt(s.MemoryLimit>>20, 10) + "MiB"
 	}
-	log.Info("garbage collector", "gc_percent", s.GCPercent, "gc_percent_from", s.GCFrom, "memory_limit", limit, "memory_limit_from", s.LimitFrom)
+	if s.Headroom > 0 && s.LimitFrom != "env" {
+		headroom = strconv.FormatInt(s.Headroom>>20, 10) + "MiB"
+	}
+	log.Info("garbage collector", "gc_percent", s.GCPercent, "gc_percent_from", s.GCFrom, "memory_limit", limit, "memory_limit_from", s.LimitFrom, "gc_headroom", headroom)
+	return s
 }

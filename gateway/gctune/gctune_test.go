@@ -4,7 +4,10 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
+	"strings"
 	"testing"
 )
 
@@ -28,13 +31,61 @@ func TestParseSize(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	for _, tc := range []struct {
-		limit string
-		ok    bool
-	}{{"", true}, {"auto", true}, {"off", true}, {"300MiB", true}, {"300 MB", false}, {"lots", false}} {
-		if err := (Config{MemoryLimit: tc.limit}).Validate(); (err == nil) != tc.ok {
-			t.Errorf("memory_limit %q: %v", tc.limit, err)
+		limit, headroom string
+		ok              bool
+	}{
+		{"", "", true}, {"auto", "", true}, {"off", "", true}, {"300MiB", "", true}, {"300 MB", "", false}, {"lots", "", false},
+		{"", "off", true}, {"", "32MiB", true}, {"", "1MiB", true}, {"", "512KiB", false}, {"", "auto", false}, {"", "64 MiB", false},
+	} {
+		err := (Config{MemoryLimit: tc.limit, GCHeadroom: tc.headroom}).Validate()
+		if (err == nil) != tc.ok {
+			t.Errorf("memory_limit %q, gc_headroom %q: %v", tc.limit, tc.headroom, err)
+		}
+		if err != nil && tc.headroom != "" && !strings.Contains(err.Error(), "gc_headroom") {
+			t.Errorf("gc_headroom %q: the error does not name the field: %v", tc.headroom, err)
 		}
 	}
+}
+
+// TestTuner runs the tuner against the real runtime: the limit it sets is
+// the live heap plus the runtime's other memory plus the headroom, never
+// above the static limit, and nothing once it is off or the environment
+// set GOMEMLIMIT.
+func TestTuner(t *testing.T) {
+	oldLimit := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(oldLimit) })
+	keep := make([]byte, 32<<20) // some live heap
+	runtime.GC()
+	live := func() int64 {
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		metrics.Read(s)
+		return int64(s[0].Value.Uint64())
+	}
+	tu := NewTuner()
+	if got := tu.Adjust(); got != 0 {
+		t.Fatalf("a tuner not yet Set adjusted the limit to %d", got)
+	}
+	const headroom = 16 << 20
+	tu.Set(Settings{MemoryLimit: math.MaxInt64, LimitFrom: "none", Headroom: headroom})
+	got, l := debug.SetMemoryLimit(-1), live()
+	if got < l+headroom || got > l+headroom+64<<20 {
+		t.Errorf("limit %d MiB for a live heap of %d MiB and %d MiB headroom", got>>20, l>>20, headroom>>20)
+	}
+	tu.Set(Settings{MemoryLimit: 40 << 20, LimitFrom: "config", Headroom: headroom})
+	if got := debug.SetMemoryLimit(-1); got != 40<<20 {
+		t.Errorf("limit %d above the configured 40 MiB", got)
+	}
+	debug.SetMemoryLimit(math.MaxInt64)
+	for _, s := range []Settings{
+		{MemoryLimit: math.MaxInt64, LimitFrom: "none"},
+		{MemoryLimit: math.MaxInt64, LimitFrom: "env", Headroom: headroom},
+	} {
+		tu.Set(s)
+		if got := tu.Adjust(); got != 0 || debug.SetMemoryLimit(-1) != math.MaxInt64 {
+			t.Errorf("%+v: the tuner set a limit (%d)", s, got)
+		}
+	}
+	runtime.KeepAlive(keep)
 }
 
 // TestApply sets the runtime's real goal and limit from configurations,
@@ -66,13 +117,15 @@ func TestApply(t *testing.T) {
 		env  Env
 		want Settings
 	}{
-		{"defaults, no cgroup limit", Config{}, env(nil, filepath.Join(dir, "absent"), v2max), Settings{DefaultGCPercent, "default", math.MaxInt64, "none"}},
-		{"auto from cgroup v2", Config{MemoryLimit: "auto"}, env(nil, v2, v1), Settings{DefaultGCPercent, "default", gib90, "cgroup"}},
-		{"auto from cgroup v1", Config{}, env(nil, filepath.Join(dir, "absent"), v1), Settings{DefaultGCPercent, "default", v1limit90, "cgroup"}},
-		{"v1 unlimited", Config{}, env(nil, v1unlimited), Settings{DefaultGCPercent, "default", math.MaxInt64, "none"}},
-		{"configured", Config{GCPercent: ptr(30), MemoryLimit: "256MiB"}, env(nil, v2), Settings{30, "config", 256 << 20, "config"}},
-		{"off", Config{MemoryLimit: "off"}, env(nil, v2), Settings{DefaultGCPercent, "default", math.MaxInt64, "none"}},
-		{"environment wins", Config{GCPercent: ptr(30), MemoryLimit: "256MiB"}, env(map[string]string{"GOGC": "80", "GOMEMLIMIT": "1GiB"}, v2), Settings{80, "env", 123 << 20, "env"}},
+		{"defaults, no cgroup limit", Config{}, env(nil, filepath.Join(dir, "absent"), v2max), Settings{DefaultGCPercent, "default", math.MaxInt64, "none", DefaultHeadroom}},
+		{"auto from cgroup v2", Config{MemoryLimit: "auto"}, env(nil, v2, v1), Settings{DefaultGCPercent, "default", gib90, "cgroup", DefaultHeadroom}},
+		{"auto from cgroup v1", Config{}, env(nil, filepath.Join(dir, "absent"), v1), Settings{DefaultGCPercent, "default", v1limit90, "cgroup", DefaultHeadroom}},
+		{"v1 unlimited", Config{}, env(nil, v1unlimited), Settings{DefaultGCPercent, "default", math.MaxInt64, "none", DefaultHeadroom}},
+		{"configured", Config{GCPercent: ptr(30), MemoryLimit: "256MiB"}, env(nil, v2), Settings{30, "config", 256 << 20, "config", DefaultHeadroom}},
+		{"off", Config{MemoryLimit: "off"}, env(nil, v2), Settings{DefaultGCPercent, "default", math.MaxInt64, "none", DefaultHeadroom}},
+		{"headroom configured", Config{GCHeadroom: "32MiB"}, env(nil, v2max), Settings{DefaultGCPercent, "default", math.MaxInt64, "none", 32 << 20}},
+		{"headroom off", Config{GCHeadroom: "off"}, env(nil, v2max), Settings{DefaultGCPercent, "default", math.MaxInt64, "none", 0}},
+		{"environment wins", Config{GCPercent: ptr(30), MemoryLimit: "256MiB"}, env(map[string]string{"GOGC": "80", "GOMEMLIMIT": "1GiB"}, v2), Settings{80, "env", 123 << 20, "env", 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.want.GCFrom == "env" {
