@@ -243,6 +243,30 @@ func writeBeforeAfter(w io.Writer, by map[string]*Report, before []*Report) {
 	}
 }
 
+// othersBound states the rate that the CPU the broker, InfluxDB and the
+// publisher spent per point in citygw's run leaves room for on the
+// machine's cores, as if the gateway took no CPU at all, and what share of
+// the ceiling that is: the most any system writing to that InfluxDB could
+// reach in the run.
+func othersBound(r *Report) string {
+	s, c := r.System(SysCitygw), r.System(SysCeiling)
+	if s == nil || c == nil || c.PointsPerS <= 0 || r.Machine.CPUs <= 0 {
+		return ""
+	}
+	var others float64
+	for _, p := range s.Procs {
+		if p.Role != "system" {
+			others += p.CPUPerMillion
+		}
+	}
+	if others <= 0 {
+		return ""
+	}
+	bound := float64(r.Machine.CPUs) * 1e6 / others
+	return fmt.Sprintf("; with a gateway taking no CPU at all, the broker, InfluxDB and publisher (%.0f CPU s / M points in citygw's run) would leave %d cores room for %.0f points/s, %.2f of the ceiling",
+		others, r.Machine.CPUs, bound, bound/c.PointsPerS)
+}
+
 func orUnknown(s string) string {
 	if s == "" {
 		return "revision not recorded"
@@ -285,6 +309,9 @@ func goals(by map[string]*Report, all map[string][]*Report) []goal {
 				continue
 			}
 			m := fmt.Sprintf("%s = %.2f", x.key, v)
+			if sc == "burst" && x.key == "citygw/ceiling points_per_s" {
+				m += othersBound(r)
+			}
 			if sc == "steady" && strings.Contains(x.key, "points_per_s") {
 				// At a paced load every system that keeps up shows the
 				// offered rate: the ratio says who kept up, not who is
