@@ -1,11 +1,13 @@
 package citybench
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -243,6 +245,59 @@ func writeBeforeAfter(w io.Writer, by map[string]*Report, before []*Report) {
 	}
 }
 
+// defaultRuns are the reports of a scenario run with citygw's default
+// environment (no -gateway-env), the runs the goals are judged on.
+func defaultRuns(reps []*Report) []*Report {
+	var out []*Report
+	for _, r := range reps {
+		if _, ok := r.Params["gateway_env"]; !ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// medianRatio is the median of a ratio over the runs that measured it
+// (for an even count, the mean of the middle two), the run at the middle
+// (the lower of the two) and every run's value, sorted. The burst's ratios
+// move with the shared machine's load from one run to the next (Telegraf's
+// points/s by a third between sessions), so several runs are judged on
+// their median rather than on whichever ran last.
+func medianRatio(runs []*Report, key string) (float64, *Report, []float64) {
+	type rv struct {
+		r *Report
+		v float64
+	}
+	var have []rv
+	for _, r := range runs {
+		if v, ok := r.Ratios[key]; ok {
+			have = append(have, rv{r, v})
+		}
+	}
+	if len(have) == 0 {
+		return 0, nil, nil
+	}
+	slices.SortStableFunc(have, func(a, b rv) int { return cmp.Compare(a.v, b.v) })
+	vals := make([]float64, len(have))
+	for i, h := range have {
+		vals[i] = h.v
+	}
+	n := len(have)
+	mid := have[(n-1)/2]
+	if n%2 == 0 {
+		return (vals[n/2-1] + vals[n/2]) / 2, mid.r, vals
+	}
+	return mid.v, mid.r, vals
+}
+
+func joinFloats(vs []float64) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = strconv.FormatFloat(v, 'f', 2, 64)
+	}
+	return strings.Join(parts, ", ")
+}
+
 // othersBound states the rate that the CPU the broker, InfluxDB and the
 // publisher spent per point in citygw's run leaves room for on the
 // machine's cores, as if the gateway took no CPU at all, and what share of
@@ -282,12 +337,9 @@ func goals(by map[string]*Report, all map[string][]*Report) []goal {
 	notRun := func(g, scenario string) goal {
 		return goal{g, scenario + " not run in this report", "–"}
 	}
-	ratio := func(r *Report, key string) (float64, bool) {
-		v, ok := r.Ratios[key]
-		return v, ok
-	}
 	for _, sc := range []string{"burst", "steady"} {
 		r := by[sc]
+		runs := defaultRuns(all[sc])
 		type rg struct {
 			g, key, unit string
 			ok           func(float64) bool
@@ -303,14 +355,17 @@ func goals(by map[string]*Report, all map[string][]*Report) []goal {
 				gs = append(gs, notRun(g, sc))
 				continue
 			}
-			v, ok := ratio(r, x.key)
-			if !ok {
+			v, mid, vals := medianRatio(runs, x.key)
+			if mid == nil {
 				gs = append(gs, goal{g, "not measured (a system failed or was not run)", "–"})
 				continue
 			}
 			m := fmt.Sprintf("%s = %.2f", x.key, v)
+			if len(vals) > 1 {
+				m += fmt.Sprintf(" (median of %d runs: %s)", len(vals), joinFloats(vals))
+			}
 			if sc == "burst" && x.key == "citygw/ceiling points_per_s" {
-				m += othersBound(r)
+				m += othersBound(mid)
 			}
 			if sc == "steady" && strings.Contains(x.key, "points_per_s") {
 				// At a paced load every system that keeps up shows the

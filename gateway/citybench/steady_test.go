@@ -267,3 +267,38 @@ PASS
 		t.Errorf("goals without the scenario %+v", gs)
 	}
 }
+
+// TestGoalsMedianOfRuns: several burst runs are judged on the median of
+// each ratio, runs with a -gateway-env are left out, and the ceiling goal
+// states the bound the other processes of the median run leave.
+func TestGoalsMedianOfRuns(t *testing.T) {
+	run := func(citygw, telegraf float64, env string) *Report {
+		r := &Report{Scenario: "burst", Machine: Machine{CPUs: 2}, Params: map[string]any{},
+			Systems: []*SystemResult{
+				{System: SysCeiling, Points: 100, PointsPerS: 100},
+				{System: SysCitygw, Points: 100, PointsPerS: citygw, Procs: []ProcResult{
+					{Role: "system", CPUPerMillion: 20}, {Role: "broker", CPUPerMillion: 20}, {Role: "database", CPUPerMillion: 60}, {Role: "publisher", CPUPerMillion: 20}}},
+				{System: SysTelegraf, Points: 100, PointsPerS: telegraf, Procs: []ProcResult{{Role: "system", CPUPerMillion: 80}}},
+			}}
+		if env != "" {
+			r.Params["gateway_env"] = env
+		}
+		r.ComputeRatios()
+		return r
+	}
+	reps := []*Report{run(60, 50, ""), run(90, 50, ""), run(75, 50, ""), run(99, 10, "GOGC=400")}
+	var b strings.Builder
+	WriteBenchmarks(&b, reps, nil, "")
+	out := b.String()
+	for _, want := range []string{
+		"| end-to-end points/s ≥ 1.5× Telegraf's (burst) | citygw/telegraf points_per_s = 1.50 (median of 3 runs: 1.20, 1.50, 1.80) | yes |",
+		"citygw/ceiling points_per_s = 0.75 (median of 3 runs: 0.60, 0.75, 0.90); with a gateway taking no CPU at all, the broker, InfluxDB and publisher (100 CPU s / M points in citygw's run) would leave 2 cores room for 20000 points/s, 200.00 of the ceiling | **no** |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("BENCHMARKS.md lacks %q:\n%s", want, out)
+		}
+	}
+	if v, mid, vals := medianRatio(reps[:2], "citygw/telegraf points_per_s"); v != 1.5 || mid != reps[0] || len(vals) != 2 {
+		t.Errorf("even count: median %v of %v (middle run %p, want the lower %p)", v, vals, mid, reps[0])
+	}
+}

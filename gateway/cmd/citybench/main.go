@@ -65,6 +65,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	gatewayEnv := fs.String("gateway-env", "", "comma-separated KEY=VALUE added to citygw's environment only (say GOMEMLIMIT=250MiB); recorded in the reports")
 	markdown := fs.String("markdown", "", "write BENCHMARKS.md-style Markdown of the scenarios run (and of -reports) to this file")
 	reports := fs.String("reports", "", "comma-separated JSON reports (from -out) to include in -markdown; with no -scenario given, nothing runs")
+	repeat := fs.Int("repeat", 1, "run the scenarios this many times over (each run's raw figures in NAME-runK.json); the goals are judged on the median of each ratio across the runs")
 	beforeReports := fs.String("before", "", "comma-separated JSON reports of the same scenarios on a baseline revision (say, run with -repo on a git worktree of it): -markdown compares citygw's figures and profiles with them")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -133,9 +134,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *repeat < 1 {
+		return fmt.Errorf("-repeat %d: want at least 1", *repeat)
+	}
 	var errs []error
-	for _, name := range run {
+	var todo []string
+	for range *repeat {
+		todo = append(todo, run...)
+	}
+	for i, name := range todo {
 		sc := scenarios[name]
+		file := name // the name of the run's raw figures
+		if *repeat > 1 {
+			file = fmt.Sprintf("%s-run%d", name, i/len(run)+1)
+		}
 		fmt.Fprintf(stderr, "citybench: %s; work directory %s\n", sc.Describe(&b.Opts), b.Opts.Work)
 		rep, runErr := sc.Run(ctx, b)
 		if runErr != nil {
@@ -146,9 +158,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stdout)
 			rep.Markdown(stdout)
 			// Every report's raw figures stay in the work directory too.
-			files := []string{filepath.Join(b.Opts.Work, name+".json")}
+			files := []string{filepath.Join(b.Opts.Work, file+".json")}
 			if *out != "" {
-				files = append(files, outFile(*out, name, len(run) > 1))
+				files = append(files, outFile(*out, file, len(todo) > 1))
 			}
 			for _, f := range files {
 				if err := rep.WriteJSON(f); err != nil {
