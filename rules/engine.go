@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -232,7 +233,11 @@ type Engine struct {
 
 	emitMu sync.Mutex
 	retry  []Transition
-	db     *stateDB
+	// persistMu orders the state file's writes: a rule's record written
+	// by the snapshot and its series written by emit land in the order
+	// they were read from the rule.
+	persistMu sync.Mutex
+	db        *stateDB
 	// restored is the persisted state not yet claimed by a loaded rule.
 	restored map[string]*ruleRecord
 }
@@ -895,15 +900,18 @@ func (e *Engine) emit(ctx context.Context, ts []Transition, set *ruleSet) {
 	e.emitMu.Lock()
 	defer e.emitMu.Unlock()
 	if e.db != nil && set != nil {
-		rules := map[string]bool{}
+		keys := map[*compiledRule][]string{}
 		for _, t := range ts {
-			rules[t.Rule] = true
+			if cr := set.byID[t.Rule]; cr != nil && !slices.Contains(keys[cr], t.GroupKey) {
+				keys[cr] = append(keys[cr], t.GroupKey)
+			}
 		}
-		for id := range rules {
-			if cr := set.byID[id]; cr != nil {
-				if err := e.db.saveRule(cr, e.inv); err != nil {
-					e.log.Error("persisting rule state", "rule", id, "err", err)
-				}
+		if len(keys) > 0 {
+			e.persistMu.Lock()
+			err := e.db.saveSeries(keys, e.inv)
+			e.persistMu.Unlock()
+			if err != nil {
+				e.log.Error("persisting rule state", "err", err)
 			}
 		}
 	}
@@ -1045,13 +1053,16 @@ func (e *Engine) Snapshot() error {
 	}
 	set := e.set.Load()
 	if set != nil {
+		e.persistMu.Lock()
 		for _, cr := range set.rules {
 			if cr.st.dirty.Load() {
 				if err := e.db.saveRule(cr, e.inv); err != nil {
+					e.persistMu.Unlock()
 					return err
 				}
 			}
 		}
+		e.persistMu.Unlock()
 	}
 	e.snapMu.Lock()
 	defer e.snapMu.Unlock()

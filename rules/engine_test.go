@@ -2,6 +2,7 @@ package rules
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/citygw/citygw/devices"
 )
@@ -499,5 +501,113 @@ func TestRemovedRuleIsNotResolvedTwiceAcrossRestart(t *testing.T) {
 	}
 	if ts := sink.take(); len(ts) != 0 {
 		t.Fatalf("the removed rule's episode was resolved again after restart: %+v", ts)
+	}
+}
+
+// TestCrashKeepsEpisodesWrittenByTransitions: without the closing
+// snapshot (a crash), the series each transition wrote are what the next
+// process restores.
+func TestCrashKeepsEpisodesWrittenByTransitions(t *testing.T) {
+	cat := testCatalog(t)
+	inv := testInventory(t, cat, 2)
+	dir := t.TempDir()
+	f := writeRules(t, dir, "r.yaml", leakRule)
+	state := filepath.Join(dir, "state.db")
+	sink := &memSink{}
+	e1, err := NewEngine(Options{Sink: sink, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e1.Close()
+	if err := e1.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	feedLeak(t, e1, "CAB0", 0, 40, 40, 40) // firing at 2m
+	feedLeak(t, e1, "CAB1", 1, 50)         // pending since 1m
+	if n := len(sink.take()); n != 3 {
+		t.Fatalf("%d transitions, want 3", n)
+	}
+	// The file as a crash would leave it: e1 still holds it open.
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed := filepath.Join(dir, "crashed.db")
+	if err := os.WriteFile(crashed, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e2, err := NewEngine(Options{Sink: &memSink{}, StatePath: crashed}, cat, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	if err := e2.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	if eps := e2.Episodes(); len(eps) != 2 || eps[0].State != Firing || eps[1].State != Pending {
+		t.Fatalf("restored episodes %+v, want CAB0 firing and CAB1 pending", eps)
+	}
+}
+
+// TestStateFileOlderLayout: a state file written with one JSON record per
+// rule (before series were written one by one) is converted and restored.
+func TestStateFileOlderLayout(t *testing.T) {
+	cat := testCatalog(t)
+	inv := testInventory(t, cat, 2)
+	dir := t.TempDir()
+	f := writeRules(t, dir, "r.yaml", leakRule)
+	state := filepath.Join(dir, "state.db")
+	e1, err := NewEngine(Options{Sink: &memSink{}, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e1.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	feedLeak(t, e1, "CAB0", 0, 40, 40, 40)
+	feedLeak(t, e1, "CAB1", 1, 50)
+	if err := e1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the file in the older layout.
+	db, err := openStateDB(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := db.load()
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("records %v, %v", recs, err)
+	}
+	err = db.db.Update(func(tx *bolt.Tx) error {
+		rules := tx.Bucket(bucketRules)
+		for id, rec := range recs {
+			if err := rules.DeleteBucket([]byte(id)); err != nil {
+				return err
+			}
+			data, err := json.Marshal(rec)
+			if err != nil {
+				return err
+			}
+			if err := rules.Put([]byte(id), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.close()
+
+	e2, err := NewEngine(Options{Sink: &memSink{}, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	if err := e2.Load(f); err != nil {
+		t.Fatal(err)
+	}
+	if eps := e2.Episodes(); len(eps) != 2 || eps[0].State != Firing || eps[1].State != Pending {
+		t.Fatalf("restored episodes %+v, want CAB0 firing and CAB1 pending", eps)
 	}
 }

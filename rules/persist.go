@@ -11,14 +11,26 @@ import (
 
 // The state file holds, per rule, its fingerprint and its non-inactive
 // series (episode id and start, pending timer, keep_firing_for timer, what
-// the sink was told, members), and when each asset last reported. It is
-// written on every transition before the sink hears of it, so a restart
-// neither drops a firing episode nor opens a second one for the same anomaly.
+// the sink was told, members), and when each asset last reported. The
+// series a transition is about are written before the sink hears of it, so
+// a restart neither drops a firing episode nor opens a second one for the
+// same anomaly; other changes (members, pending timers) with the periodic
+// snapshot.
+//
+// Layout: bucket "rules" holds a bucket per rule id with the key
+// "fingerprint" and a bucket "series" of one JSON seriesRecord per series
+// key, so that a transition writes its own series, not every active series
+// of its rule: with a city's worth of bins over a threshold, rewriting the
+// whole rule on each transition took half the gateway's CPU. Files from
+// before that layout (one JSON ruleRecord per rule id) are converted when
+// opened.
 
 var (
-	bucketRules = []byte("rules")
-	bucketMeta  = []byte("meta")
-	keySeen     = []byte("seen")
+	bucketRules    = []byte("rules")
+	bucketMeta     = []byte("meta")
+	bucketSeries   = []byte("series")
+	keySeen        = []byte("seen")
+	keyFingerprint = []byte("fingerprint")
 )
 
 type stateDB struct{ db *bolt.DB }
@@ -53,7 +65,7 @@ func openStateDB(path string) (*stateDB, error) {
 				return err
 			}
 		}
-		return nil
+		return convertRuleRecords(tx.Bucket(bucketRules))
 	})
 	if err != nil {
 		db.Close()
@@ -64,16 +76,92 @@ func openStateDB(path string) (*stateDB, error) {
 
 func (d *stateDB) close() error { return d.db.Close() }
 
+// convertRuleRecords rewrites the rules of the older layout (a JSON
+// ruleRecord as the value of the rule id) as rule buckets.
+func convertRuleRecords(rules *bolt.Bucket) error {
+	old := map[string][]byte{}
+	err := rules.ForEach(func(k, v []byte) error {
+		if v != nil {
+			old[string(k)] = v
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for id, v := range old {
+		var rec ruleRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("rule %s: %w", id, err)
+		}
+		if err := rules.Delete([]byte(id)); err != nil {
+			return err
+		}
+		if err := putRule(rules, id, rec.Fingerprint, rec.Series); err != nil {
+			return fmt.Errorf("rule %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// putRule replaces rule id's bucket with the fingerprint and the series.
+func putRule(rules *bolt.Bucket, id, fingerprint string, series []seriesRecord) error {
+	if rules.Bucket([]byte(id)) != nil {
+		if err := rules.DeleteBucket([]byte(id)); err != nil {
+			return err
+		}
+	}
+	if len(series) == 0 {
+		return nil
+	}
+	b, err := rules.CreateBucket([]byte(id))
+	if err != nil {
+		return err
+	}
+	if err := b.Put(keyFingerprint, []byte(fingerprint)); err != nil {
+		return err
+	}
+	sb, err := b.CreateBucket(bucketSeries)
+	if err != nil {
+		return err
+	}
+	for i := range series {
+		data, err := json.Marshal(&series[i])
+		if err != nil {
+			return err
+		}
+		if err := sb.Put([]byte(series[i].Key), data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (d *stateDB) load() (map[string]*ruleRecord, map[string]int64, error) {
 	recs := map[string]*ruleRecord{}
 	seen := map[string]int64{}
 	err := d.db.View(func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
-			var r ruleRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("rule %s: %w", k, err)
+		rules := tx.Bucket(bucketRules)
+		err := rules.ForEach(func(k, v []byte) error {
+			b := rules.Bucket(k)
+			if v != nil || b == nil { // openStateDB converted the older layout
+				return fmt.Errorf("rule %s: not a rule bucket", k)
 			}
-			recs[string(k)] = &r
+			r := &ruleRecord{Fingerprint: string(b.Get(keyFingerprint))}
+			if sb := b.Bucket(bucketSeries); sb != nil {
+				err := sb.ForEach(func(key, v []byte) error {
+					var sr seriesRecord
+					if err := json.Unmarshal(v, &sr); err != nil {
+						return fmt.Errorf("series %s: %w", key, err)
+					}
+					r.Series = append(r.Series, sr)
+					return nil
+				})
+				if err != nil {
+					return fmt.Errorf("rule %s: %w", k, err)
+				}
+			}
+			recs[string(k)] = r
 			return nil
 		})
 		if err != nil {
@@ -90,38 +178,124 @@ func (d *stateDB) load() (map[string]*ruleRecord, map[string]int64, error) {
 	return recs, seen, nil
 }
 
-// saveRule writes a rule's series (or deletes its record when it has none).
+// seriesRecordOf is what the state file keeps of s, or nil when s is
+// inactive and nothing was told of it. Called with the rule's lock held.
+func seriesRecordOf(s *series, inv *devices.Inventory) *seriesRecord {
+	if s == nil || s.state == Inactive && s.notified == Inactive {
+		return nil
+	}
+	sr := &seriesRecord{Key: s.key, Labels: s.labels, State: s.state, Notified: s.notified, ActiveAt: s.activeAt,
+		FiredAt: s.firedAt, FalseSince: s.falseSince, Members: s.memberIDs(inv), ID: s.id, Values: s.values}
+	if s.rep != nil {
+		sr.Rep = s.rep.ID
+	}
+	return sr
+}
+
+// saveRule writes a rule's whole record (or deletes it when the rule has
+// no series to keep). The snapshot does, for rules with changes that no
+// transition wrote.
 func (d *stateDB) saveRule(cr *compiledRule, inv *devices.Inventory) error {
 	cr.st.mu.Lock()
 	cr.st.dirty.Store(false)
-	rec := ruleRecord{Fingerprint: cr.fingerprint}
+	var series []seriesRecord
 	for _, s := range cr.st.series {
-		if s.state == Inactive && s.notified == Inactive {
-			continue
+		if sr := seriesRecordOf(s, inv); sr != nil {
+			series = append(series, *sr)
 		}
-		sr := seriesRecord{Key: s.key, Labels: s.labels, State: s.state, Notified: s.notified, ActiveAt: s.activeAt,
-			FiredAt: s.firedAt, FalseSince: s.falseSince, Members: s.memberIDs(inv), ID: s.id, Values: s.values}
-		if s.rep != nil {
-			sr.Rep = s.rep.ID
-		}
-		rec.Series = append(rec.Series, sr)
 	}
+	cr.st.persisted = true
 	cr.st.mu.Unlock()
 	return d.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRules)
-		if len(rec.Series) == 0 {
-			return b.Delete([]byte(cr.id()))
+		return putRule(tx.Bucket(bucketRules), cr.id(), cr.fingerprint, series)
+	})
+}
+
+// seriesWrite is one series of a rule to write (rec) or delete (rec nil).
+type seriesWrite struct {
+	key string
+	rec *seriesRecord
+}
+
+// saveSeries writes the series with the given keys of each rule, in one
+// transaction: what emit persists before the sink hears of transitions.
+// A rule the file does not hold under its fingerprint yet is written
+// whole.
+func (d *stateDB) saveSeries(keys map[*compiledRule][]string, inv *devices.Inventory) error {
+	type ruleWrite struct {
+		cr     *compiledRule
+		whole  bool
+		series []seriesRecord // whole
+		writes []seriesWrite
+	}
+	var rws []ruleWrite
+	for cr, ks := range keys {
+		rw := ruleWrite{cr: cr}
+		cr.st.mu.Lock()
+		if !cr.st.persisted {
+			rw.whole = true
+			cr.st.dirty.Store(false)
+			for _, s := range cr.st.series {
+				if sr := seriesRecordOf(s, inv); sr != nil {
+					rw.series = append(rw.series, *sr)
+				}
+			}
+			cr.st.persisted = true
+		} else {
+			for _, k := range ks {
+				rw.writes = append(rw.writes, seriesWrite{k, seriesRecordOf(cr.st.series[k], inv)})
+			}
 		}
-		data, err := json.Marshal(rec)
-		if err != nil {
-			return err
+		cr.st.mu.Unlock()
+		rws = append(rws, rw)
+	}
+	return d.db.Update(func(tx *bolt.Tx) error {
+		rules := tx.Bucket(bucketRules)
+		for _, rw := range rws {
+			id := rw.cr.id()
+			if rw.whole {
+				if err := putRule(rules, id, rw.cr.fingerprint, rw.series); err != nil {
+					return fmt.Errorf("rule %s: %w", id, err)
+				}
+				continue
+			}
+			b, err := rules.CreateBucketIfNotExists([]byte(id))
+			if err != nil {
+				return fmt.Errorf("rule %s: %w", id, err)
+			}
+			if err := b.Put(keyFingerprint, []byte(rw.cr.fingerprint)); err != nil {
+				return err
+			}
+			sb, err := b.CreateBucketIfNotExists(bucketSeries)
+			if err != nil {
+				return fmt.Errorf("rule %s: %w", id, err)
+			}
+			for _, w := range rw.writes {
+				if w.rec == nil {
+					err = sb.Delete([]byte(w.key))
+				} else {
+					var data []byte
+					if data, err = json.Marshal(w.rec); err == nil {
+						err = sb.Put([]byte(w.key), data)
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("rule %s series %s: %w", id, w.key, err)
+				}
+			}
 		}
-		return b.Put([]byte(cr.id()), data)
+		return nil
 	})
 }
 
 func (d *stateDB) deleteRule(id string) error {
-	return d.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRules).Delete([]byte(id)) })
+	return d.db.Update(func(tx *bolt.Tx) error {
+		rules := tx.Bucket(bucketRules)
+		if rules.Bucket([]byte(id)) != nil {
+			return rules.DeleteBucket([]byte(id))
+		}
+		return rules.Delete([]byte(id))
+	})
 }
 
 // saveSeen writes the JSON object {asset id: unix ns} of when assets were
@@ -132,6 +306,7 @@ func (d *stateDB) saveSeen(data []byte) error {
 
 // restore rebuilds a rule's series from its record.
 func (e *Engine) restore(cr *compiledRule, rec *ruleRecord) {
+	cr.st.persisted = true // the file holds rec under cr's fingerprint
 	for _, sr := range rec.Series {
 		s := &series{key: sr.Key, labels: sr.Labels, state: sr.State, notified: sr.Notified, activeAt: sr.ActiveAt,
 			firedAt: sr.FiredAt, falseSince: sr.FalseSince, members: map[int]struct{}{}, id: sr.ID, values: sr.Values}

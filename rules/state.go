@@ -125,6 +125,10 @@ type ruleState struct {
 	lastLog atomic.Int64
 	dropped atomic.Int64 // errors not logged since the last log line
 	dirty   atomic.Bool
+	// persisted: the state file holds this rule's record under this
+	// rule's fingerprint (written whole, or restored from), so single
+	// series may be written into it. Guarded by mu.
+	persisted bool
 }
 
 func newRuleState() *ruleState { return &ruleState{series: map[string]*series{}} }
