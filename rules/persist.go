@@ -263,8 +263,12 @@ func (d *stateDB) saveSeries(keys map[*compiledRule][]string, inv *devices.Inven
 			if err != nil {
 				return fmt.Errorf("rule %s: %w", id, err)
 			}
-			if err := b.Put(keyFingerprint, []byte(rw.cr.fingerprint)); err != nil {
-				return err
+			// Only when it differs (a bucket emptied by putRule and
+			// created again): a put dirties the rule bucket's page.
+			if string(b.Get(keyFingerprint)) != rw.cr.fingerprint {
+				if err := b.Put(keyFingerprint, []byte(rw.cr.fingerprint)); err != nil {
+					return err
+				}
 			}
 			sb, err := b.CreateBucketIfNotExists(bucketSeries)
 			if err != nil {
