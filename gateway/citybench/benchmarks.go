@@ -293,6 +293,15 @@ func medianRatio(runs []*Report, key string) (float64, *Report, []float64) {
 	return mid.v, mid.r, vals
 }
 
+// plainNumber writes a figure read back from JSON (a float64) without an
+// exponent: 1016627, not 1.016627e+06.
+func plainNumber(v any) string {
+	if f, ok := v.(float64); ok {
+		return strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
+}
+
 func joinFloats(vs []float64) string {
 	parts := make([]string, len(vs))
 	for i, v := range vs {
@@ -397,7 +406,7 @@ func goals(by map[string]*Report, all map[string][]*Report) []goal {
 	} else if s := r.System(SysCitygw); s == nil {
 		gs = append(gs, goal{"InfluxDB outage of 60 s: citygw loses nothing", "citygw not measured", "–"})
 	} else {
-		m := fmt.Sprintf("lost %v points; drain %v s after InfluxDB returned; peak WAL backlog %v points", s.Extra["lost_points"], s.Extra["drain_s"], s.Extra["peak_wal_backlog_points"])
+		m := fmt.Sprintf("lost %s points; drain %s s after InfluxDB returned; peak WAL backlog %s points", plainNumber(s.Extra["lost_points"]), plainNumber(s.Extra["drain_s"]), plainNumber(s.Extra["peak_wal_backlog_points"]))
 		if s.Error != "" {
 			m = s.Error
 		}
