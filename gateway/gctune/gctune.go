@@ -24,10 +24,11 @@
 // is collected by GOGC as before; a large one is collected more often,
 // which costs CPU. In gateway/citybench's memory scenario (126,000 bins at
 // ten times their real rate, about 20 MB/s of garbage, nearly all of it
-// paho's per message) the gateway held 276 MB RSS instead of about 400;
-// BENCHMARKS.md's memory row gives the CPU with and without the headroom
-// (GOMEMLIMIT=off in the environment turns it off). At the city's real
-// rate the collector runs a tenth as often.
+// paho's per message) the gateway held 270 MB RSS instead of 356, for
+// 39.9 gateway CPU seconds per million points instead of 30.9
+// (BENCHMARKS.md, memory; GOMEMLIMIT=off in the environment turns the
+// headroom off). At the city's real rate the collector runs a tenth as
+// often.
 //
 // The environment wins: with GOGC or GOMEMLIMIT set the runtime's own
 // reading of them stands and the configuration is not applied (with
