@@ -119,23 +119,57 @@ func TestTickFiresAndClearsWithoutReadings(t *testing.T) {
 	}
 }
 
-func TestRestartKeepsEpisodes(t *testing.T) {
-	cat := testCatalog(t)
-	inv := testInventory(t, cat, 2)
-	dir := t.TempDir()
-	f := writeRules(t, dir, "r.yaml", leakRule)
-	state := filepath.Join(dir, "state.db")
+// leakEnv is what the restart tests share: leakRule in the file f, two
+// cabinets, and the state file the engines keep.
+type leakEnv struct {
+	cat   *devices.Catalog
+	inv   *devices.Inventory
+	f     string
+	state string
+}
 
-	sink := &memSink{}
-	e1, err := NewEngine(Options{Sink: sink, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
+func newLeakEnv(t *testing.T) *leakEnv {
+	cat := testCatalog(t)
+	dir := t.TempDir()
+	return &leakEnv{cat: cat, inv: testInventory(t, cat, 2), f: writeRules(t, dir, "r.yaml", leakRule), state: filepath.Join(dir, "state.db")}
+}
+
+// start opens an engine on state (the env's file, or another path) with
+// the rule loaded; the test closes it.
+func (le *leakEnv) start(t *testing.T, state string, sink *memSink) *Engine {
+	t.Helper()
+	e, err := NewEngine(Options{Sink: sink, StatePath: state}, le.cat, le.inv, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e1.Load(f); err != nil {
+	if err := e.Load(le.f); err != nil {
+		e.Close()
 		t.Fatal(err)
 	}
-	feedLeak(t, e1, "CAB0", 0, 40, 40, 40) // firing at 2m
-	feedLeak(t, e1, "CAB1", 1, 50)         // pending since 1m
+	return e
+}
+
+// wantRestored checks the episodes leakEpisodes leaves: CAB0 firing, CAB1
+// pending.
+func wantRestored(t *testing.T, e *Engine) {
+	t.Helper()
+	if eps := e.Episodes(); len(eps) != 2 || eps[0].State != Firing || eps[1].State != Pending {
+		t.Fatalf("restored episodes %+v, want CAB0 firing and CAB1 pending", eps)
+	}
+}
+
+// leakEpisodes feeds CAB0 into firing (at 2m) and CAB1 into pending
+// (since 1m): three transitions.
+func leakEpisodes(t *testing.T, e *Engine) {
+	feedLeak(t, e, "CAB0", 0, 40, 40, 40)
+	feedLeak(t, e, "CAB1", 1, 50)
+}
+
+func TestRestartKeepsEpisodes(t *testing.T) {
+	le := newLeakEnv(t)
+	sink := &memSink{}
+	e1 := le.start(t, le.state, sink)
+	leakEpisodes(t, e1)
 	before := sink.take()
 	if len(before) != 3 {
 		t.Fatalf("before restart: %d transitions", len(before))
@@ -146,18 +180,9 @@ func TestRestartKeepsEpisodes(t *testing.T) {
 
 	// A new process: same state file, same rules.
 	sink2 := &memSink{}
-	e2, err := NewEngine(Options{Sink: sink2, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e2 := le.start(t, le.state, sink2)
 	defer e2.Close()
-	if err := e2.Load(f); err != nil {
-		t.Fatal(err)
-	}
-	eps := e2.Episodes()
-	if len(eps) != 2 || eps[0].State != Firing || eps[1].State != Pending {
-		t.Fatalf("restored episodes %+v", eps)
-	}
+	wantRestored(t, e2)
 	feedLeak(t, e2, "CAB0", 3, 40, 40)
 	feedLeak(t, e2, "CAB1", 3, 50) // pending since 1m: fires at 3m, not 2m after the restart
 	ts := sink2.take()
@@ -508,64 +533,35 @@ func TestRemovedRuleIsNotResolvedTwiceAcrossRestart(t *testing.T) {
 // snapshot (a crash), the series each transition wrote are what the next
 // process restores.
 func TestCrashKeepsEpisodesWrittenByTransitions(t *testing.T) {
-	cat := testCatalog(t)
-	inv := testInventory(t, cat, 2)
-	dir := t.TempDir()
-	f := writeRules(t, dir, "r.yaml", leakRule)
-	state := filepath.Join(dir, "state.db")
+	le := newLeakEnv(t)
 	sink := &memSink{}
-	e1, err := NewEngine(Options{Sink: sink, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e1 := le.start(t, le.state, sink)
 	defer e1.Close()
-	if err := e1.Load(f); err != nil {
-		t.Fatal(err)
-	}
-	feedLeak(t, e1, "CAB0", 0, 40, 40, 40) // firing at 2m
-	feedLeak(t, e1, "CAB1", 1, 50)         // pending since 1m
+	leakEpisodes(t, e1)
 	if n := len(sink.take()); n != 3 {
 		t.Fatalf("%d transitions, want 3", n)
 	}
 	// The file as a crash would leave it: e1 still holds it open.
-	data, err := os.ReadFile(state)
+	data, err := os.ReadFile(le.state)
 	if err != nil {
 		t.Fatal(err)
 	}
-	crashed := filepath.Join(dir, "crashed.db")
+	crashed := filepath.Join(filepath.Dir(le.state), "crashed.db")
 	if err := os.WriteFile(crashed, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e2, err := NewEngine(Options{Sink: &memSink{}, StatePath: crashed}, cat, inv, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e2 := le.start(t, crashed, &memSink{})
 	defer e2.Close()
-	if err := e2.Load(f); err != nil {
-		t.Fatal(err)
-	}
-	if eps := e2.Episodes(); len(eps) != 2 || eps[0].State != Firing || eps[1].State != Pending {
-		t.Fatalf("restored episodes %+v, want CAB0 firing and CAB1 pending", eps)
-	}
+	wantRestored(t, e2)
 }
 
 // TestStateFileOlderLayout: a state file written with one JSON record per
 // rule (before series were written one by one) is converted and restored.
 func TestStateFileOlderLayout(t *testing.T) {
-	cat := testCatalog(t)
-	inv := testInventory(t, cat, 2)
-	dir := t.TempDir()
-	f := writeRules(t, dir, "r.yaml", leakRule)
-	state := filepath.Join(dir, "state.db")
-	e1, err := NewEngine(Options{Sink: &memSink{}, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e1.Load(f); err != nil {
-		t.Fatal(err)
-	}
-	feedLeak(t, e1, "CAB0", 0, 40, 40, 40)
-	feedLeak(t, e1, "CAB1", 1, 50)
+	le := newLeakEnv(t)
+	state := le.state
+	e1 := le.start(t, state, &memSink{})
+	leakEpisodes(t, e1)
 	if err := e1.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -599,15 +595,7 @@ func TestStateFileOlderLayout(t *testing.T) {
 	}
 	db.close()
 
-	e2, err := NewEngine(Options{Sink: &memSink{}, StatePath: state}, cat, inv, prometheus.NewRegistry(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e2 := le.start(t, state, &memSink{})
 	defer e2.Close()
-	if err := e2.Load(f); err != nil {
-		t.Fatal(err)
-	}
-	if eps := e2.Episodes(); len(eps) != 2 || eps[0].State != Firing || eps[1].State != Pending {
-		t.Fatalf("restored episodes %+v, want CAB0 firing and CAB1 pending", eps)
-	}
+	wantRestored(t, e2)
 }
