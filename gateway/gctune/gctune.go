@@ -16,8 +16,8 @@
 //
 // A percentage goal scales the garbage the heap may hold with the live
 // heap: right for a small gateway, wasteful for a city's. At 126,000 assets
-// the live heap is about 220 MB and GOGC=50 let the process sit at 400 MB
-// RSS. So the gateway also bounds the garbage in bytes, gc_headroom (64 MiB
+// the live heap is about 220 MB and GOGC=50 let the process sit at about
+// 360 MB RSS. So the gateway also bounds the garbage in bytes, gc_headroom (64 MiB
 // by default): a Tuner keeps the soft memory limit at the live heap plus
 // the runtime's other memory plus the headroom, so the collector runs
 // before the garbage exceeds it. A small heap never reaches that limit and
@@ -76,8 +76,8 @@ type Config struct {
 	GCHeadroom string `yaml:"gc_headroom,omitempty"`
 }
 
-// Validate checks the configuration. Only memory_limit can be wrong; the
-// error is about it.
+// Validate checks the configuration: memory_limit and gc_headroom can be
+// wrong, and the error names which.
 func (c Config) Validate() error {
 	if err := ValidateMemoryLimit(c.MemoryLimit); err != nil {
 		return fmt.Errorf("memory_limit: %w", err)
