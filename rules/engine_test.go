@@ -599,3 +599,28 @@ func TestStateFileOlderLayout(t *testing.T) {
 	defer e2.Close()
 	wantRestored(t, e2)
 }
+
+// TestStateFileEmptyGroupKey: a series whose group key is empty (a group
+// label the asset lacks) is kept like any other; bbolt takes no empty key.
+func TestStateFileEmptyGroupKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := openStateDB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.db.Update(func(tx *bolt.Tx) error {
+		return putRule(tx.Bucket(bucketRules), "r", "fp", []seriesRecord{{Key: "", ID: "e1", State: Firing}, {Key: "a", ID: "e2", State: Pending}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := db.load()
+	db.close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := recs["r"]
+	if r == nil || r.Fingerprint != "fp" || len(r.Series) != 2 || r.Series[0].ID != "e1" || r.Series[1].ID != "e2" {
+		t.Fatalf("loaded %+v", r)
+	}
+}

@@ -130,7 +130,7 @@ func putRule(rules *bolt.Bucket, id, fingerprint string, series []seriesRecord) 
 		if err != nil {
 			return err
 		}
-		if err := sb.Put([]byte(series[i].Key), data); err != nil {
+		if err := sb.Put(seriesKey(series[i].Key), data); err != nil {
 			return err
 		}
 	}
@@ -177,6 +177,11 @@ func (d *stateDB) load() (map[string]*ruleRecord, map[string]int64, error) {
 	}
 	return recs, seen, nil
 }
+
+// seriesKey is a series' key in its rule's bucket: the group key after a
+// byte, since bbolt takes no empty key and a group label may be empty.
+// Records carry their group key; the bucket's keys are never read back.
+func seriesKey(key string) []byte { return append([]byte{'s'}, key...) }
 
 // seriesRecordOf is what the state file keeps of s, or nil when s is
 // inactive and nothing was told of it. Called with the rule's lock held.
@@ -276,11 +281,11 @@ func (d *stateDB) saveSeries(keys map[*compiledRule][]string, inv *devices.Inven
 			}
 			for _, w := range rw.writes {
 				if w.rec == nil {
-					err = sb.Delete([]byte(w.key))
+					err = sb.Delete(seriesKey(w.key))
 				} else {
 					var data []byte
 					if data, err = json.Marshal(w.rec); err == nil {
-						err = sb.Put([]byte(w.key), data)
+						err = sb.Put(seriesKey(w.key), data)
 					}
 				}
 				if err != nil {
