@@ -80,13 +80,28 @@ const (
 )
 
 // burstProfile is one CPU profile the burst takes while a system ingests:
-// the process (citygw from its admin listener, influxd from its HTTP API,
-// both serving /debug/pprof), where it goes in the report and its title.
+// citygw's (from its admin listener) or influxd's (from its HTTP API),
+// where it goes in the report and its title.
 type burstProfile struct {
-	key, title string
-	base       func(*Stack) string
-	binary     func(*Bench) string // for go tool pprof's symbols; "" uses the profile's own
-	file       string
+	key, title, file string
+	gateway          bool // citygw's; else influxd's
+}
+
+// base is the URL the profiled process serves /debug/pprof under.
+func (p burstProfile) base(st *Stack) string {
+	if p.gateway {
+		return st.Admin
+	}
+	return st.DB.URL()
+}
+
+// binary is the executable go tool pprof reads symbols from; "" uses the
+// names influxd's profile carries.
+func (p burstProfile) binary(b *Bench) string {
+	if p.gateway {
+		return b.Gateway
+	}
+	return ""
 }
 
 // burstProfiles lists the profiles taken under sys: citygw's own, and
@@ -95,12 +110,10 @@ type burstProfile struct {
 func burstProfiles(sys string) []burstProfile {
 	var ps []burstProfile
 	if sys == SysCitygw {
-		ps = append(ps, burstProfile{key: "cpu_top", title: sys + " CPU profile", file: "cpu",
-			base: func(st *Stack) string { return st.Admin }, binary: func(b *Bench) string { return b.Gateway }})
+		ps = append(ps, burstProfile{key: "cpu_top", title: sys + " CPU profile", file: "cpu", gateway: true})
 	}
 	if sys != SysCeiling {
-		ps = append(ps, burstProfile{key: "influxd_cpu_top", title: "influxd CPU profile under " + sys, file: "influxd-cpu",
-			base: func(st *Stack) string { return st.DB.URL() }, binary: func(*Bench) string { return "" }})
+		ps = append(ps, burstProfile{key: "influxd_cpu_top", title: "influxd CPU profile under " + sys, file: "influxd-cpu"})
 	}
 	return ps
 }
