@@ -49,11 +49,7 @@ func TestProcessBatch(t *testing.T) {
 		w.items = w.items[:0]
 		for _, tp := range topics {
 			m := &inMsg{topic: tp, payload: []byte(binPayload(time.Now(), 50, 1))}
-			it := item{msg: m, recv: time.Now(), tmpl: -1, gen: s.gen.Load()}
-			if a, ok := s.tmpls[0].Match(tp); ok {
-				it.tmpl, it.asset = 0, a
-			}
-			s.inflight.Add(1)
+			it, _ := s.admit(m)
 			w.items = append(w.items, it)
 			ms = append(ms, m)
 		}

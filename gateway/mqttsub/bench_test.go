@@ -79,11 +79,7 @@ func BenchmarkDecodeHandle(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		m := msgs[i%len(msgs)]
-		it := item{msg: m, recv: time.Now(), tmpl: -1}
-		if a, ok := s.tmpls[0].Match(m.topic); ok {
-			it.tmpl, it.asset = 0, a
-		}
-		s.inflight.Add(1)
+		it, _ := s.admit(m)
 		s.process(ctx, w, it)
 	}
 	b.StopTimer()
@@ -155,11 +151,7 @@ func TestAckDecisions(t *testing.T) {
 		calls := refuse.calls
 		before := s.counts[c.res].Load()
 		m := &inMsg{topic: c.topic, payload: []byte(c.payload)}
-		s.inflight.Add(1)
-		it := item{msg: m, recv: time.Now(), tmpl: -1}
-		if a, ok := s.tmpls[0].Match(m.topic); ok {
-			it.tmpl, it.asset = 0, a
-		}
+		it, _ := s.admit(m)
 		s.process(context.Background(), w, it)
 		if got := m.acks.Load() == 1; got != c.acked {
 			t.Errorf("%s %q: acked %v, want %v", c.topic, c.payload[:min(len(c.payload), 30)], got, c.acked)
@@ -177,16 +169,17 @@ func TestAckDecisions(t *testing.T) {
 	s.gen.Add(1)
 	m0 := &inMsg{topic: "city/bins/bin-0001/telemetry", payload: []byte(`{"fill":{"pct":5}}`)}
 	calls0 := refuse.calls
-	s.inflight.Add(1)
-	s.process(context.Background(), w, item{msg: m0, recv: time.Now(), tmpl: 0, asset: "bin-0001", gen: s.gen.Load()})
+	it, _ := s.admit(m0)
+	s.process(context.Background(), w, it)
 	if refuse.calls != calls0+1 {
 		t.Error("bin-0001 still held back on a new connection")
 	}
 	// A message from a connection that is gone is neither handled nor acked.
 	m := &inMsg{topic: "city/bins/bin-0000/telemetry", payload: []byte(`{"fill":{"pct":5}}`)}
 	calls := refuse.calls
-	s.inflight.Add(1)
-	s.process(context.Background(), w, item{msg: m, recv: time.Now(), tmpl: 0, asset: "bin-0000", gen: s.gen.Load() + 1})
+	it, _ = s.admit(m)
+	it.gen++ // as if the connection went away after admit
+	s.process(context.Background(), w, it)
 	if m.acks.Load() != 0 || refuse.calls != calls || s.Status().Stale != 1 {
 		t.Errorf("stale message: acks %d, handler calls %d→%d, stale %d", m.acks.Load(), calls, refuse.calls, s.Status().Stale)
 	}
@@ -353,11 +346,7 @@ func benchIngest(b *testing.B, batch int) {
 		for ; i < b.N && len(wk.items) < batch; i++ {
 			m := msgs[i%assets]
 			setTS(i%assets, base+int64(i/assets)*1000)
-			it := item{msg: m, recv: time.Now(), tmpl: -1}
-			if a, ok := s.tmpls[0].Match(m.topic); ok {
-				it.tmpl, it.asset = 0, a
-			}
-			s.inflight.Add(1)
+			it, _ := s.admit(m)
 			wk.items = append(wk.items, it)
 		}
 		s.processBatch(ctx, wk)

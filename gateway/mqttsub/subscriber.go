@@ -16,11 +16,11 @@
 // on in one call: the gateway then appends them to the write-ahead log in one
 // write. Batches form only when messages arrive faster than they are handled,
 // so a trickle is not delayed. Acknowledgement is manual
-// (SetAutoAckDisabled): a worker acks after Handle (HandleBatch) returned nil. Acks of
-// different assets may therefore leave in a different order than their
-// messages arrived. MQTT 3.1.1 (4.6) asks for PUBACKs in order; Mosquitto
-// does not depend on it (the tests here run against it), other brokers
-// should be checked before they are deployed.
+// (SetAutoAckDisabled): a message is acknowledged once Handle (HandleBatch)
+// returned nil, and, as MQTT 3.1.1 (4.6) requires, in the order the messages
+// arrived (ackQueue): a message finished by one worker waits for the older
+// messages the other workers are still handling. Mosquitto 2.0.11 reorders
+// one asset's messages when the acks come out of order (see ackQueue).
 //
 // Outcomes of a message:
 //   - accepted by the Handler: acknowledged, counted ok (or decode_error when
@@ -122,6 +122,7 @@ type Subscriber struct {
 
 	shards []chan item
 	quit   chan struct{}
+	acks   ackQueue // acknowledgements, in arrival order
 
 	running    atomic.Bool
 	gen        atomic.Uint64 // connection generation: bumped when a connection is gone
@@ -146,6 +147,7 @@ type item struct {
 	tmpl  int    // index of the matching template, -1 if none
 	asset string // the {asset} level, a substring of the topic
 	gen   uint64
+	seq   uint64 // in s.acks
 }
 
 // New validates cfg, resolves the topic templates and registers the metrics
@@ -211,6 +213,18 @@ func (s *Subscriber) Status() Status {
 // the asset's worker, queue. A full queue blocks it, and with it the reads
 // from the broker: backpressure, the broker holds the backlog.
 func (s *Subscriber) onMessage(_ mqtt.Client, msg mqtt.Message) {
+	it, key := s.admit(msg)
+	select {
+	case s.shards[shardOf(key, len(s.shards))] <- it:
+	case <-s.quit:
+		s.finish(it, false) // shutting down: not acknowledged, the broker keeps it
+	}
+}
+
+// admit takes a message in, in arrival order: it matches the topic, counts
+// the message in flight and registers it for its acknowledgement. key is
+// what picks the worker (the asset, or the topic without one).
+func (s *Subscriber) admit(msg mqtt.Message) (_ item, key string) {
 	it := item{msg: msg, recv: time.Now(), tmpl: -1, gen: s.gen.Load()}
 	topic := msg.Topic()
 	for i, t := range s.tmpls {
@@ -219,7 +233,7 @@ func (s *Subscriber) onMessage(_ mqtt.Client, msg mqtt.Message) {
 			break
 		}
 	}
-	key := it.asset
+	key = it.asset
 	if key == "" {
 		key = topic
 	}
@@ -227,18 +241,17 @@ func (s *Subscriber) onMessage(_ mqtt.Client, msg mqtt.Message) {
 	s.lastMsg.Store(it.recv.UnixNano())
 	s.inflight.Add(1)
 	s.m.inflight.Inc()
-	select {
-	case s.shards[shardOf(key, len(s.shards))] <- it:
-	case <-s.quit:
-		s.settled() // shutting down: not acknowledged, the broker keeps it
-	}
+	it.seq = s.acks.add(msg)
+	return it, key
 }
 
 // shardOf hashes key (FNV-1a) onto n workers.
 func shardOf(key string, n int) int { return int(fnv1a(key) % uint32(n)) }
 
-// settled marks a message as no longer in flight in the subscriber.
-func (s *Subscriber) settled() {
+// finish marks a message as no longer in flight in the subscriber, to be
+// acknowledged (in arrival order) if ack.
+func (s *Subscriber) finish(it item, ack bool) {
+	s.acks.done(it.seq, ack)
 	s.inflight.Add(-1)
 	s.m.inflight.Dec()
 }
@@ -260,6 +273,7 @@ type worker struct {
 	slots [MaxBatch]devices.Reading
 	ready []*devices.Reading
 	of    []readyItem // ready[k] came from items[of[k].item]
+	acked []uint64    // sequence numbers of an accepted batch
 }
 
 // readyItem is a decoded message waiting for the handler's answer.
@@ -293,7 +307,8 @@ func (w *worker) allow(seq int, now time.Time, rate float64) bool {
 
 func newWorker(logEvery time.Duration) *worker {
 	return &worker{logs: newRateLog(logEvery), held: map[int]uint64{}, buckets: map[int]bucket{},
-		items: make([]item, 0, MaxBatch), ready: make([]*devices.Reading, 0, MaxBatch), of: make([]readyItem, 0, MaxBatch)}
+		items: make([]item, 0, MaxBatch), ready: make([]*devices.Reading, 0, MaxBatch), of: make([]readyItem, 0, MaxBatch),
+		acked: make([]uint64, 0, MaxBatch)}
 }
 
 // batchWait is how long a busy worker waits for a batch to fill: one that
@@ -368,8 +383,6 @@ func (s *Subscriber) processBatch(ctx context.Context, w *worker) {
 		if r, res, ok := s.decode(w, w.items[k], &w.slots[len(w.ready)]); ok {
 			w.ready = append(w.ready, r)
 			w.of = append(w.of, readyItem{item: k, res: res})
-		} else {
-			s.settled()
 		}
 	}
 	if len(w.ready) == 0 {
@@ -386,14 +399,17 @@ func (s *Subscriber) processBatch(ctx context.Context, w *worker) {
 			}
 			return
 		}
-		// Accepted: handled's work for each, with the shared counters and
-		// the in-flight gauge updated once for the batch.
+		// Accepted: handled's work for each, with the acknowledgements,
+		// the shared counters and the in-flight gauge done once for the
+		// batch.
 		var n [nResults]uint64
+		w.acked = w.acked[:0]
 		for k, ri := range w.of {
-			w.items[ri.item].msg.Ack()
+			w.acked = append(w.acked, w.items[ri.item].seq)
 			n[ri.res]++
 			s.m.readings[w.ready[k].Asset.Seq].Inc()
 		}
+		s.acks.doneAll(w.acked)
 		for r, c := range n {
 			if c > 0 {
 				s.counts[r].Add(c)
@@ -410,7 +426,7 @@ func (s *Subscriber) processBatch(ctx context.Context, w *worker) {
 			// batch: held back for the redelivery, as decode holds back
 			// those of later batches.
 			s.count(resultRejected)
-			s.settled()
+			s.finish(w.items[w.of[k].item], false)
 			continue
 		}
 		if k > 0 {
@@ -425,27 +441,28 @@ func (s *Subscriber) processBatch(ctx context.Context, w *worker) {
 // handled acknowledges a handed-on message the handler accepted (err nil),
 // or holds its asset back.
 func (s *Subscriber) handled(w *worker, it item, a *devices.Asset, res result, err error) {
-	defer s.settled()
 	if err != nil {
+		s.finish(it, false)
 		s.count(resultRejected)
 		w.held[a.Seq] = it.gen
 		s.refusedAt.CompareAndSwap(0, it.recv.UnixNano())
 		w.logs.log(s.log, rateKey{resultRejected, a.ID}, it.recv, "handler refused an mqtt reading; not acknowledged", "asset", a.ID, "err", err)
 		return
 	}
-	it.msg.Ack()
+	s.finish(it, true)
 	s.count(res)
 	s.m.readings[a.Seq].Inc()
 }
 
 // decode checks one message and decodes it into r. ok: r is ready to be
 // handed on; otherwise the message was dealt with (dropped and
-// acknowledged, held back, or stale) and only needs settling.
+// acknowledged, held back, or stale) and finished.
 func (s *Subscriber) decode(w *worker, it item, r *devices.Reading) (_ *devices.Reading, _ result, ok bool) {
 	if it.gen != s.gen.Load() {
 		// The connection it came on is gone; an ack could not reach the
 		// broker, which redelivers the message on the new connection.
 		s.stale.Add(1)
+		s.finish(it, false)
 		return nil, 0, false
 	}
 	topic := it.msg.Topic()
@@ -475,6 +492,7 @@ func (s *Subscriber) decode(w *worker, it item, r *devices.Reading) (_ *devices.
 	if g, ok := w.held[a.Seq]; ok {
 		if g == it.gen {
 			s.count(resultRejected) // behind a refused message of the asset: wait for the redelivery
+			s.finish(it, false)
 			return nil, 0, false
 		}
 		delete(w.held, a.Seq)
@@ -537,7 +555,7 @@ func countErrors(err error) int {
 
 // drop acknowledges a message that cannot be used and will not get better.
 func (s *Subscriber) drop(w *worker, it item, res result, who, msg string, attrs ...any) {
-	it.msg.Ack()
+	s.finish(it, true)
 	s.count(res)
 	w.logs.log(s.log, rateKey{res, who}, it.recv, msg, attrs...)
 }

@@ -223,14 +223,7 @@ func FuzzMessage(f *testing.F) {
 			before += s.counts[r].Load()
 		}
 		m := &inMsg{topic: topic, payload: payload}
-		it := item{msg: m, recv: time.Now(), tmpl: -1, gen: s.gen.Load()}
-		for i, tm := range s.tmpls {
-			if a, ok := tm.Match(topic); ok {
-				it.tmpl, it.asset = i, a
-				break
-			}
-		}
-		s.inflight.Add(1)
+		it, _ := s.admit(m)
 		s.process(context.Background(), w, it)
 		after := uint64(0)
 		for r := range nResults {
