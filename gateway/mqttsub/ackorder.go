@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ackQueue sends the acknowledgements of one subscriber in the order its
@@ -34,6 +35,8 @@ type ackQueue struct {
 	first    uint64    // sequence number of ring[head]
 	draining bool      // a goroutine is acknowledging the finished prefix
 	out      []mqtt.Message
+	// unacked, if set, follows n (citygw_mqtt_unacked).
+	unacked prometheus.Gauge
 }
 
 // ackSlot is one registered message.
@@ -60,6 +63,9 @@ func (q *ackQueue) add(msg mqtt.Message) uint64 {
 	}
 	q.ring[(q.head+q.n)&(len(q.ring)-1)] = ackSlot{msg: msg}
 	q.n++
+	if q.unacked != nil {
+		q.unacked.Inc()
+	}
 	return q.first + uint64(q.n-1)
 }
 
@@ -115,6 +121,7 @@ func (q *ackQueue) release() {
 	q.draining = true
 	for {
 		out := q.out[:0]
+		n := q.n
 		for q.n > 0 {
 			s := &q.ring[q.head]
 			if s.state == ackPending {
@@ -127,6 +134,9 @@ func (q *ackQueue) release() {
 			q.head = (q.head + 1) & (len(q.ring) - 1)
 			q.n--
 			q.first++
+		}
+		if q.unacked != nil && q.n < n {
+			q.unacked.Sub(float64(n - q.n))
 		}
 		if len(out) == 0 {
 			q.draining = false

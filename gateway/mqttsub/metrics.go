@@ -78,6 +78,7 @@ type metrics struct {
 	reconnects prometheus.Counter
 	handleDur  prometheus.Histogram
 	inflight   prometheus.Gauge
+	unacked    prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, cfg *Config, inv *devices.Inventory) (*metrics, error) {
@@ -111,6 +112,10 @@ func newMetrics(reg prometheus.Registerer, cfg *Config, inv *devices.Inventory) 
 		inflight: registerInto(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "citygw_mqtt_inflight",
 			Help: "MQTT messages received and not yet acknowledged or refused.",
+		}), &errs),
+		unacked: registerInto(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "citygw_mqtt_unacked",
+			Help: "MQTT messages received whose acknowledgement has not left yet: in flight in the subscriber, or handled and waiting for an older message (acknowledgements leave in arrival order). At the broker's in-flight window (max_inflight_messages) the broker stops sending.",
 		}), &errs),
 	}
 	if err := errors.Join(errs...); err != nil {

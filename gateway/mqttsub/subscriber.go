@@ -176,6 +176,7 @@ func New(cfg Config, inv *devices.Inventory, h Handler, reg prometheus.Registere
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	s := &Subscriber{cfg: cfg, inv: inv, ids: newAssetIndex(inv), h: h, log: log.With("broker", cfg.Broker), m: m, tmpls: tmpls, tls: tlsConf, quit: make(chan struct{})}
+	s.acks.unacked = m.unacked
 	s.shards = make([]chan item, cfg.Workers)
 	for i := range s.shards {
 		s.shards[i] = make(chan item, cfg.QueueSize)

@@ -474,6 +474,8 @@ func TestPerAssetOrderWithWorkers(t *testing.T) {
 			t.Errorf("%s last reading %d, want %d", id, last[id], perAsset-1)
 		}
 	}
+	// Every acknowledgement has left (none is stuck behind another).
+	waitFor(t, 5*time.Second, "citygw_mqtt_unacked back to 0", func() bool { return metric(t, s.reg, "citygw_mqtt_unacked") == 0 })
 }
 
 // With a persistent broker and persistent sessions on both sides, a broker
