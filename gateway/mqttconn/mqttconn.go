@@ -45,7 +45,7 @@ func New(c net.Conn, flushBytes int) *Conn {
 	if flushBytes <= 0 {
 		flushBytes = DefaultFlushBytes
 	}
-	return &Conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), flushBytes: flushBytes}
+	return &Conn{Conn: c, r: bufio.NewReaderSize(c, readBufferSize), flushBytes: flushBytes, done: make(chan struct{})}
 }
 
 // dial opens the network connection to the broker as paho's built-in dialer
@@ -115,6 +115,7 @@ type Conn struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	done      chan struct{} // closed once Close has flushed and closed
 }
 
 func (c *Conn) Read(p []byte) (int, error) { return c.r.Read(p) }
@@ -177,6 +178,14 @@ func (c *Conn) Close() error {
 		c.closed = true
 		c.mu.Unlock()
 		c.closeErr = c.Conn.Close()
+		close(c.done)
 	})
 	return c.closeErr
 }
+
+// Done is closed once the connection is closed, after what was pending was
+// written (or failed to be). paho's Disconnect returns after its quiesce
+// time even when its own goroutine has not closed the connection yet; a
+// client that must not exit before its last acknowledgements and its
+// DISCONNECT went out waits for Done.
+func (c *Conn) Done() <-chan struct{} { return c.done }

@@ -3,6 +3,8 @@ package mqttsub
 import (
 	"context"
 	"errors"
+	"net"
+	"net/url"
 	"sync"
 	"time"
 
@@ -13,8 +15,8 @@ import (
 
 // Run connects, subscribes and hands readings to the Handler until ctx is
 // cancelled; then it stops the workers (messages not yet handled stay
-// unacknowledged and the broker keeps them for the next run), disconnects and
-// returns nil. Connection failures are retried with backoff and logged, never
+// unacknowledged and the broker keeps them for the next run; those handled
+// are acknowledged), disconnects and returns nil. Connection failures are retried with backoff and logged, never
 // returned: a gateway must come up before its broker. Run may be called once.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
@@ -26,8 +28,26 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	defer func() {
 		close(s.quit)
 		wg.Wait()
+		// What the workers left queued was never handled: give it up (not
+		// acknowledged, the broker keeps it), so that the acks of messages
+		// handled after it leave before the disconnect instead of being
+		// redelivered on the next run.
+		for _, ch := range s.shards {
+			for len(ch) > 0 {
+				s.finish(<-ch, false)
+			}
+		}
 		s.gen.Add(1)
 		client.Disconnect(250)
+		// Disconnect may return before paho closed the connection: wait,
+		// so that the last acks and the DISCONNECT are written before
+		// Run returns (and the process perhaps exits).
+		if c := s.conn.Load(); c != nil {
+			select {
+			case <-c.Done():
+			case <-time.After(time.Second):
+			}
+		}
 		s.setConnected(false)
 		s.log.Info("mqtt subscriber stopped")
 	}()
@@ -50,6 +70,19 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	}
 }
 
+// dial opens a broker connection (mqttconn) and keeps it, for Run's stop
+// to wait for its close.
+func (s *Subscriber) dial(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
+	c, err := s.dialer(uri, o)
+	if err != nil {
+		return nil, err
+	}
+	if mc, ok := c.(*mqttconn.Conn); ok {
+		s.conn.Store(mc)
+	}
+	return c, nil
+}
+
 func (s *Subscriber) options() *mqtt.ClientOptions {
 	c := &s.cfg
 	o := mqtt.NewClientOptions().
@@ -67,9 +100,9 @@ func (s *Subscriber) options() *mqtt.ClientOptions {
 		SetWriteTimeout(c.ConnectTimeout.D()).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(c.MaxReconnectInterval.D()).
-		SetConnectRetry(false).                        // the first connection is retried by connect, which logs why it failed
-		SetResumeSubs(false).                          // we subscribe again on every connect
-		SetCustomOpenConnectionFn(mqttconn.Dialer(0)). // buffered reads, coalesced writes (gateway/mqttconn)
+		SetConnectRetry(false).            // the first connection is retried by connect, which logs why it failed
+		SetResumeSubs(false).              // we subscribe again on every connect
+		SetCustomOpenConnectionFn(s.dial). // buffered reads, coalesced writes (gateway/mqttconn)
 		SetDefaultPublishHandler(s.onMessage).
 		SetOnConnectHandler(s.onConnect).
 		SetConnectionLostHandler(s.onConnectionLost).

@@ -59,6 +59,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/citygw/citygw/devices"
+	"github.com/citygw/citygw/gateway/mqttconn"
 )
 
 // Handler takes a decoded reading. A nil error means the reading is accepted
@@ -124,6 +125,9 @@ type Subscriber struct {
 	quit   chan struct{}
 	acks   ackQueue // acknowledgements, in arrival order
 
+	dialer mqtt.OpenConnectionFunc       // mqttconn's
+	conn   atomic.Pointer[mqttconn.Conn] // the latest connection
+
 	running    atomic.Bool
 	gen        atomic.Uint64 // connection generation: bumped when a connection is gone
 	connected  atomic.Bool
@@ -177,6 +181,7 @@ func New(cfg Config, inv *devices.Inventory, h Handler, reg prometheus.Registere
 	}
 	s := &Subscriber{cfg: cfg, inv: inv, ids: newAssetIndex(inv), h: h, log: log.With("broker", cfg.Broker), m: m, tmpls: tmpls, tls: tlsConf, quit: make(chan struct{})}
 	s.acks.unacked = m.unacked
+	s.dialer = mqttconn.Dialer(0)
 	s.shards = make([]chan item, cfg.Workers)
 	for i := range s.shards {
 		s.shards[i] = make(chan item, cfg.QueueSize)

@@ -1,9 +1,12 @@
 package mqttsub
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -254,6 +257,78 @@ func TestRefusedMessagesAreRedelivered(t *testing.T) {
 	if gots := third.snapshot(); len(gots) != 1 || gots[0].values["distance_cm"].I != 999 {
 		t.Errorf("after acknowledged redelivery a new connection got %+v, want only the marker", gots)
 	}
+}
+
+// On stop, messages handled behind one that was not are still acknowledged
+// (acks leave in arrival order, and what the stopped workers left queued is
+// given up): the next run gets only the unhandled asset's messages again.
+func TestStopAcknowledgesWhatWasHandled(t *testing.T) {
+	brokerLog := filepath.Join(t.TempDir(), "mosquitto.log") // written line by line, unlike its stderr
+	m := testenv.StartMosquitto(t, testenv.WithConfigLines("log_dest file "+brokerLog))
+	inv := testInventory(t, 8)
+	cfg := baseConfig(m, "gw-stop")
+	cfg.Workers = 2
+	cfg.RedeliverAfter = yamlDur(time.Hour)
+	// x and y on different workers: x's worker is stuck in the handler
+	// until the stop, y's handles everything.
+	x, y := "bin-0000", ""
+	for i := 1; i < 8 && y == ""; i++ {
+		if id := fmt.Sprintf("bin-%04d", i); shardOf(id, cfg.Workers) != shardOf(x, cfg.Workers) {
+			y = id
+		}
+	}
+	var mu sync.Mutex
+	var handled []string
+	h := HandlerFunc(func(ctx context.Context, r *devices.Reading) error {
+		if r.Asset.ID == x {
+			<-ctx.Done() // stuck until the stop; then refused
+			return ctx.Err()
+		}
+		mu.Lock()
+		handled = append(handled, r.Asset.ID)
+		mu.Unlock()
+		return nil
+	})
+	s1 := startSub(t, cfg, inv, h)
+	waitFor(t, 10*time.Second, "subscribed", s1.Connected)
+	pub := publisher(t, m, "pub-stop")
+	for i := range 4 {
+		publish(t, pub, "city/bins/"+x+"/telemetry", binPayload(time.Now(), 1, i))
+		publish(t, pub, "city/bins/"+y+"/telemetry", binPayload(time.Now(), 1, i))
+	}
+	waitFor(t, 10*time.Second, "y's four readings handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(handled) == 4
+	})
+	// Every ack waits behind x's first message.
+	if n := metric(t, s1.reg, "citygw_mqtt_unacked"); n != 8 {
+		t.Errorf("citygw_mqtt_unacked = %v before the stop, want 8", n)
+	}
+	s1.stop(t)
+	select {
+	case <-s1.conn.Load().Done():
+	default:
+		t.Error("Run returned before its connection was closed and its last acks written")
+	}
+	// Connecting again with the same client id before Mosquitto has read
+	// the old connection's last bytes makes it drop them with the old
+	// connection (a session takeover); a gateway restarts slower than that.
+	waitFor(t, 10*time.Second, "Mosquitto to see the first run's DISCONNECT", func() bool {
+		b, _ := os.ReadFile(brokerLog)
+		return strings.Contains(string(b), "Client gw-stop disconnected.")
+	})
+
+	again := &recorder{}
+	s2 := startSub(t, cfg, inv, again)
+	waitFor(t, 10*time.Second, "x's four messages redelivered", func() bool { return again.count() >= 4 })
+	time.Sleep(200 * time.Millisecond) // anything else the broker had would have come with them
+	for _, g := range again.snapshot() {
+		if g.asset != x {
+			t.Errorf("redelivered %s %d, handled and so acknowledged in the first run", g.asset, g.values["distance_cm"].I)
+		}
+	}
+	s2.stop(t)
 }
 
 // A handler that refuses a message once (a transient WAL error) gets it again
