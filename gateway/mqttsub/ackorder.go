@@ -30,7 +30,7 @@ import (
 type ackQueue struct {
 	mu       sync.Mutex
 	ring     []ackSlot // circular, len a power of two (or 0)
-	head     int       // index in ring of the oldest unfinished message
+	head     int       // index in ring of the oldest message not yet released
 	n        int       // messages registered and not yet released
 	first    uint64    // sequence number of ring[head]
 	draining bool      // a goroutine is acknowledging the finished prefix

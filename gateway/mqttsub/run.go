@@ -16,8 +16,9 @@ import (
 // Run connects, subscribes and hands readings to the Handler until ctx is
 // cancelled; then it stops the workers (messages not yet handled stay
 // unacknowledged and the broker keeps them for the next run; those handled
-// are acknowledged), disconnects and returns nil. Connection failures are retried with backoff and logged, never
-// returned: a gateway must come up before its broker. Run may be called once.
+// are acknowledged), disconnects and returns nil. Connection failures are
+// retried with backoff and logged, never returned: a gateway must come up
+// before its broker. Run may be called once.
 func (s *Subscriber) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("mqttsub: Run called twice")
