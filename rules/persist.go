@@ -197,19 +197,27 @@ func seriesRecordOf(s *series, inv *devices.Inventory) *seriesRecord {
 	return sr
 }
 
-// saveRule writes a rule's whole record (or deletes it when the rule has
-// no series to keep). The snapshot does, for rules with changes that no
-// transition wrote.
-func (d *stateDB) saveRule(cr *compiledRule, inv *devices.Inventory) error {
-	cr.st.mu.Lock()
+// wholeRecord is what the state file keeps of all of cr's series, taken
+// to be written whole: the rule is no longer dirty and, once written, is
+// held under its fingerprint. Called with the rule's lock held.
+func wholeRecord(cr *compiledRule, inv *devices.Inventory) []seriesRecord {
 	cr.st.dirty.Store(false)
+	cr.st.persisted = true
 	var series []seriesRecord
 	for _, s := range cr.st.series {
 		if sr := seriesRecordOf(s, inv); sr != nil {
 			series = append(series, *sr)
 		}
 	}
-	cr.st.persisted = true
+	return series
+}
+
+// saveRule writes a rule's whole record (or deletes it when the rule has
+// no series to keep). The snapshot does, for rules with changes that no
+// transition wrote.
+func (d *stateDB) saveRule(cr *compiledRule, inv *devices.Inventory) error {
+	cr.st.mu.Lock()
+	series := wholeRecord(cr, inv)
 	cr.st.mu.Unlock()
 	return d.db.Update(func(tx *bolt.Tx) error {
 		return putRule(tx.Bucket(bucketRules), cr.id(), cr.fingerprint, series)
@@ -239,13 +247,7 @@ func (d *stateDB) saveSeries(keys map[*compiledRule][]string, inv *devices.Inven
 		cr.st.mu.Lock()
 		if !cr.st.persisted {
 			rw.whole = true
-			cr.st.dirty.Store(false)
-			for _, s := range cr.st.series {
-				if sr := seriesRecordOf(s, inv); sr != nil {
-					rw.series = append(rw.series, *sr)
-				}
-			}
-			cr.st.persisted = true
+			rw.series = wholeRecord(cr, inv)
 		} else {
 			for _, k := range ks {
 				rw.writes = append(rw.writes, seriesWrite{k, seriesRecordOf(cr.st.series[k], inv)})
@@ -299,11 +301,11 @@ func (d *stateDB) saveSeries(keys map[*compiledRule][]string, inv *devices.Inven
 
 func (d *stateDB) deleteRule(id string) error {
 	return d.db.Update(func(tx *bolt.Tx) error {
-		rules := tx.Bucket(bucketRules)
-		if rules.Bucket([]byte(id)) != nil {
+		// Only rule buckets: openStateDB converted the older layout.
+		if rules := tx.Bucket(bucketRules); rules.Bucket([]byte(id)) != nil {
 			return rules.DeleteBucket([]byte(id))
 		}
-		return rules.Delete([]byte(id))
+		return nil
 	})
 }
 
