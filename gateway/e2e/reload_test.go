@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -205,38 +204,10 @@ func TestReload(t *testing.T) {
 		if n := strings.Count(g.proc.Output(), "gateway running"); n != 2 {
 			t.Errorf("the components started %d times, want twice (at the start and at the reload) in one process", n)
 		}
-		// Every message the broker acknowledged for a bin the gateway knew
-		// throughout is stored: the persistent session held what arrived
-		// while the components restarted, and the WAL carried over.
-		behind := func() []string {
-			st := c.stats(t)
-			var out []string
-			for _, a := range kept {
-				pts := points(t, db, a.Kind, a.ID)
-				first := int64(math.MaxInt64)
-				for ts := range pts {
-					first = min(first, ts)
-				}
-				early := int64(0)
-				for _, s := range c.history(t, a.ID) {
-					if s.UnixMs*int64(time.Millisecond) < first {
-						early++
-					}
-				}
-				if acked := st.MQTT.Assets[a.ID].Acked - early; int64(len(pts)) < acked {
-					out = append(out, fmt.Sprintf("%s: %d stored, %d acknowledged by the broker", a.ID, len(pts), acked))
-				}
-			}
-			return out
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		for lag := behind(); len(lag) > 0; lag = behind() {
-			if time.Now().After(deadline) {
-				t.Errorf("acknowledged messages missing from InfluxDB after the restart:\n%s", strings.Join(lag, "\n"))
-				break
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
+		// Every message of a bin the gateway knew throughout is stored: the
+		// persistent session held what arrived while the components
+		// restarted, and the WAL carried over.
+		waitStored(t, c, db, kept, 60*time.Second)
 	})
 
 	if strings.Contains(g.proc.Output(), adminToken) {
