@@ -115,10 +115,7 @@ func TestDiskFull(t *testing.T) {
 	if !g.proc.Running() || strings.Count(g.proc.Output(), "gateway running") != 1 {
 		t.Fatalf("the gateway restarted or exited:\n%s", g.proc.Output())
 	}
-	waitFor(t, 60*time.Second, "the last messages to be stored", func() bool {
-		return g.metric(t, "citygw_wal_backlog_points") < 100
-	})
-	lost := checkNoMQTTLoss(t, c, db, mqttAssets, time.Now().Add(-3*time.Second))
+	lost, _ := waitStored(t, c, db, mqttAssets, 60*time.Second)
 	r := tap.report()
 	t.Logf("disk full summary: lost=%d duplicates=%d (%d points written during the full disk, %d distinct points in all)",
 		lost, r.dups[phaseDiskFull]+r.dups[phaseSteady], r.written[phaseDiskFull], r.distinct)

@@ -331,12 +331,13 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 
 // points returns every point of asset in InfluxDB keyed by time in ns.
 // waitStored waits up to timeout until InfluxDB holds every message the
-// bins published from their first stored message until now, and fails the
-// test otherwise, naming the messages missing. Messages a bin published
-// before the gateway first subscribed had no subscriber (MQTT drops them),
-// hence from the first stored one; the publisher retries across broker
-// restarts until the broker acknowledges, so each later message must
-// arrive, except a publish the publisher gave up on (counted failed).
+// bins published from their first stored message until now, fails the test
+// otherwise, naming messages missing, and returns how many are missing of
+// how many checked. Messages a bin published before the gateway first
+// subscribed had no subscriber (MQTT drops them), hence from the first
+// stored one; the publisher retries across broker restarts until the broker
+// acknowledges, so each later message must arrive, except a publish the
+// publisher gave up on (counted failed; none in these tests so far).
 //
 // The bins keep publishing, so the messages are fixed first, then InfluxDB
 // is given time to store them. Comparing the publisher's count of
@@ -344,39 +345,49 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 // try, chases the latest publishes still on their way (flush interval,
 // write): a busy machine stayed one behind for a whole 30 s wait in CI at
 // a82d5d8, and an extra message published meanwhile could hide a lost one.
-func waitStored(t *testing.T, c *city, db *testenv.InfluxDB, bins []*devices.Asset, timeout time.Duration) {
+func waitStored(t *testing.T, c *city, db *testenv.InfluxDB, bins []*devices.Asset, timeout time.Duration) (lost, total int) {
 	t.Helper()
 	at := time.Now()
-	missing := func() []string {
-		var out []string
+	check := func() (over []string) {
+		lost, total = 0, 0
 		for _, a := range bins {
 			pts := points(t, db, a.Kind, a.ID)
 			first := int64(math.MaxInt64)
 			for ts := range pts {
 				first = min(first, ts)
 			}
-			var lost []string
+			var missing []string
 			for _, s := range c.history(t, a.ID) {
 				ts := s.UnixMs * int64(time.Millisecond)
-				if _, ok := pts[ts]; !ok && ts > first && ts <= at.UnixNano() {
-					lost = append(lost, s.DeviceTime.UTC().Format("15:04:05.000"))
+				if ts < first || ts > at.UnixNano() {
+					continue
+				}
+				total++
+				if _, ok := pts[ts]; !ok {
+					missing = append(missing, s.DeviceTime.UTC().Format("15:04:05.000"))
 				}
 			}
-			if failed := c.stats(t).MQTT.Assets[a.ID].Failed; int64(len(lost)) > failed {
-				out = append(out, fmt.Sprintf("%s: %d of its messages since the first stored one are not stored (%d publishes failed): %v",
-					a.ID, len(lost), failed, lost))
+			lost += len(missing)
+			if failed := c.stats(t).MQTT.Assets[a.ID].Failed; int64(len(missing)) > failed {
+				over = append(over, fmt.Sprintf("%s: %d of its messages since the first stored one are not stored (%d publishes failed): %v",
+					a.ID, len(missing), failed, missing))
 			}
 		}
-		return out
+		return over
 	}
 	deadline := at.Add(timeout)
-	for lost := missing(); len(lost) > 0; lost = missing() {
+	for over := check(); len(over) > 0; over = check() {
 		if time.Now().After(deadline) {
-			t.Errorf("messages published by %s missing from InfluxDB after %v:\n%s", at.UTC().Format("15:04:05.000"), timeout, strings.Join(lost, "\n"))
-			return
+			t.Errorf("messages published by %s missing from InfluxDB after %v:\n%s", at.UTC().Format("15:04:05.000"), timeout, strings.Join(over, "\n"))
+			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	if total == 0 {
+		t.Error("no published message to check")
+	}
+	t.Logf("%d published messages checked, %d not stored", total, lost)
+	return lost, total
 }
 
 func points(t testing.TB, db *testenv.InfluxDB, kind, asset string) map[int64]map[string]any {
