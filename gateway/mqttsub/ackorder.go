@@ -135,13 +135,12 @@ func (q *ackQueue) release() {
 			q.n--
 			q.first++
 		}
-		if q.unacked != nil && q.n < n {
-			q.unacked.Sub(float64(n - q.n))
-		}
+		released := n - q.n
 		if len(out) == 0 {
 			q.draining = false
 			q.out = out
 			q.mu.Unlock()
+			q.lower(released)
 			return
 		}
 		q.mu.Unlock() // q.out is the drainer's: no one else touches it meanwhile
@@ -149,7 +148,15 @@ func (q *ackQueue) release() {
 			m.Ack()
 			out[k] = nil
 		}
+		q.lower(released) // after the acks went to paho: the gauge does not read low
 		q.mu.Lock()
 		q.out = out
+	}
+}
+
+// lower takes released messages off citygw_mqtt_unacked.
+func (q *ackQueue) lower(released int) {
+	if q.unacked != nil && released > 0 {
+		q.unacked.Sub(float64(released))
 	}
 }

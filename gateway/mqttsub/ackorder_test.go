@@ -5,6 +5,9 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // orderMsg is a message that records when it is acknowledged.
@@ -145,4 +148,37 @@ func TestAckQueueFinishedTwicePanics(t *testing.T) {
 		}
 	}()
 	q.done(a, true)
+}
+
+// gaugeMsg checks, as it is acknowledged, that citygw_mqtt_unacked still
+// counts it and every message behind it.
+type gaugeMsg struct {
+	inMsg
+	t     *testing.T
+	g     prometheus.Gauge
+	least float64
+}
+
+func (m *gaugeMsg) Ack() {
+	if got := testutil.ToFloat64(m.g); got < m.least {
+		m.t.Errorf("citygw_mqtt_unacked = %v while acknowledging a message with %v unacknowledged", got, m.least)
+	}
+}
+
+// The gauge falls only once the acknowledgements went to paho: a message
+// finished early waits in it for the older ones.
+func TestAckQueueGaugeNeverLow(t *testing.T) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "citygw_mqtt_unacked"})
+	q := ackQueue{unacked: g}
+	const n = 5
+	seqs := make([]uint64, n)
+	for i := range n {
+		seqs[i] = q.add(&gaugeMsg{t: t, g: g, least: float64(n - i)})
+	}
+	for i := n - 1; i >= 0; i-- { // the oldest last: all five go at once
+		q.done(seqs[i], true)
+	}
+	if got := testutil.ToFloat64(g); got != 0 {
+		t.Errorf("citygw_mqtt_unacked = %v after every message was acknowledged", got)
+	}
 }
