@@ -31,7 +31,8 @@ var minRequestsPerPoll = map[string]float64{
 // served or published, that Modbus polls use the coalesced minimum of
 // requests, that a silent device is reported offline while its neighbours on
 // the same port keep flowing, and that MQTT flow resumes by itself after
-// Mosquitto is restarted, with nothing the broker acknowledged lost.
+// Mosquitto is restarted, with nothing a bin published since the gateway
+// subscribed lost (waitStored).
 func TestEndToEnd(t *testing.T) {
 	st := startStack(t)
 	db := st.db
