@@ -329,7 +329,6 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// points returns every point of asset in InfluxDB keyed by time in ns.
 // waitStored waits up to timeout until InfluxDB holds every message the
 // bins published from their first stored message until now, fails the test
 // otherwise, naming messages missing, and returns how many are missing of
@@ -390,6 +389,7 @@ func waitStored(t *testing.T, c *city, db *testenv.InfluxDB, bins []*devices.Ass
 	return lost, total
 }
 
+// points returns every point of asset in InfluxDB keyed by time in ns.
 func points(t testing.TB, db *testenv.InfluxDB, kind, asset string) map[int64]map[string]any {
 	t.Helper()
 	series, err := db.Query(db.DB, fmt.Sprintf(`SELECT * FROM %s WHERE asset = '%s'`, testenv.QuoteIdent(kind), asset))
