@@ -4,9 +4,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
-// compactAssets shares what a loaded city's assets repeat, so that an
+// compactor shares what a loaded city's assets repeat, so that an
 // inventory costs memory for what is particular to each asset only.
 //
 // A decoded inventory holds a string per asset for its kind, profile,
@@ -20,11 +21,30 @@ import (
 //
 // It runs on assets a loader owns (the YAML and CSV parsers), after
 // validation: from then on an asset's Attrs map may be shared with other
-// assets and is read-only, as the whole inventory is once loaded.
-func compactAssets(assets []*Asset) {
-	in := interner{}
-	sets := map[string]map[string]any{}
-	var key []byte
+// assets and is read-only, as the whole inventory is once loaded. The YAML
+// parser compacts each chunk as soon as it is decoded, from several
+// goroutines (hence the lock): compacting the whole list at the end kept
+// every chunk's decoder allocations alive until then, and loading 126,000
+// bins peaked at 311 MB RSS for a live heap of 58 MB after it.
+type compactor struct {
+	mu   sync.Mutex
+	in   interner
+	sets map[string]map[string]any // shared attribute maps by attrsKey
+	key  []byte
+}
+
+func newCompactor() *compactor {
+	return &compactor{in: interner{}, sets: map[string]map[string]any{}}
+}
+
+// compactAssets compacts a whole list with a compactor of its own.
+func compactAssets(assets []*Asset) { newCompactor().compact(assets) }
+
+// compact compacts assets, sharing with those compacted before.
+func (c *compactor) compact(assets []*Asset) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	in := c.in
 	for _, a := range assets {
 		if a == nil {
 			continue
@@ -44,10 +64,10 @@ func compactAssets(assets []*Asset) {
 			continue
 		}
 		var ok bool
-		if key, ok = attrsKey(key[:0], a.Attrs); !ok {
+		if c.key, ok = attrsKey(c.key[:0], a.Attrs); !ok {
 			continue // a value validate rejected: the asset keeps its own map
 		}
-		shared, ok := sets[string(key)]
+		shared, ok := c.sets[string(c.key)]
 		if !ok {
 			shared = make(map[string]any, len(a.Attrs))
 			for k, v := range a.Attrs {
@@ -56,7 +76,7 @@ func compactAssets(assets []*Asset) {
 				}
 				shared[in.str(k)] = v
 			}
-			sets[string(key)] = shared
+			c.sets[string(c.key)] = shared
 		}
 		a.Attrs = shared
 	}

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"reflect"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -131,4 +133,90 @@ func BenchmarkInventoryRetained(b *testing.B) {
 		runtime.KeepAlive(inv)
 	}
 	b.ReportMetric(perAsset, "B/asset")
+}
+
+// cityYAML is an inventory of n bins in plain block style (split into
+// chunks), all in one district and grid with the same attributes.
+func cityYAML(n int) []byte {
+	var b strings.Builder
+	b.WriteString(invHead)
+	for i := range n {
+		fmt.Fprintf(&b, "  - id: BIN-%06d\n    profile: binsense-ws3\n    mqtt: {topic: city/bins/BIN-%06d/telemetry}\n"+
+			"    lat: 31.2\n    lon: 121.4\n    district: \"310101\"\n    grid: \"31010100103\"\n    attrs: {capacity_l: 240, route: R2}\n", i, i)
+	}
+	return []byte(b.String())
+}
+
+// The YAML parser compacts chunk by chunk, in parallel, with one compactor:
+// assets of different chunks share too.
+func TestCompactAcrossChunks(t *testing.T) {
+	cat, err := LoadBuiltinCatalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 3*inventoryChunk + 17
+	inv, err := ParseInventoryYAML("city.yaml", cityYAML(n), cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := inv.Assets[0]
+	for _, i := range []int{inventoryChunk, 2*inventoryChunk + 1, n - 1} {
+		a := inv.Assets[i]
+		if reflect.ValueOf(a.Attrs).UnsafePointer() != reflect.ValueOf(first.Attrs).UnsafePointer() ||
+			unsafe.StringData(a.District) != unsafe.StringData(first.District) || unsafe.StringData(a.Grid) != unsafe.StringData(first.Grid) {
+			t.Errorf("%s (chunk %d) shares nothing with %s (chunk 0)", a.ID, i/inventoryChunk, first.ID)
+		}
+		if a.ID != fmt.Sprintf("BIN-%06d", i) || a.AttrFloat("capacity_l") != 240 {
+			t.Errorf("asset %d: %s, capacity %v", i, a.ID, a.AttrFloat("capacity_l"))
+		}
+	}
+}
+
+// BenchmarkParseInventoryYAML loads a 20,000-bin inventory and reports the
+// largest live heap the collector saw during the load (peak-live-MB) next
+// to what the inventory keeps (live-MB). Compacting only at the end kept
+// every chunk's decoder allocations alive until then: at 126,000 bins the
+// gateway's start-up peaked at 280-313 MB RSS, 188-194 MB with each chunk
+// compacted as it is decoded.
+func BenchmarkParseInventoryYAML(b *testing.B) {
+	cat, err := LoadBuiltinCatalog()
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := cityYAML(20000)
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	live := func() float64 {
+		metrics.Read(sample)
+		return float64(sample[0].Value.Uint64())
+	}
+	var peak, kept float64
+	for b.Loop() {
+		runtime.GC()
+		base := live()
+		stop, done := make(chan struct{}), make(chan float64)
+		go func() { // the live heap changes at the end of each collection
+			m := 0.0
+			for {
+				m = max(m, live())
+				select {
+				case <-stop:
+					done <- m
+					return
+				case <-time.After(100 * time.Microsecond):
+				}
+			}
+		}()
+		inv, err := ParseInventoryYAML("city.yaml", data, cat)
+		close(stop)
+		m := <-done
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		peak = max(peak, m-base)
+		kept = live() - base
+		runtime.KeepAlive(inv)
+	}
+	b.ReportMetric(peak/1e6, "peak-live-MB")
+	b.ReportMetric(kept/1e6, "live-MB")
 }

@@ -167,6 +167,7 @@ func ParseInventoryYAML(file string, data []byte, cat *Catalog) (*Inventory, err
 	}
 	results := make([]result, len(chunks))
 	var syntax atomic.Bool // a chunk could not be decoded at all
+	cmp := newCompactor()
 	next := make(chan int, len(chunks))
 	for i := range chunks {
 		next <- i
@@ -179,7 +180,7 @@ func ParseInventoryYAML(file string, data []byte, cat *Catalog) (*Inventory, err
 			defer wg.Done()
 			for i := range next {
 				var decoded bool
-				results[i].assets, results[i].errs, decoded = parseInventoryChunk(file, chunks[i], cat)
+				results[i].assets, results[i].errs, decoded = parseInventoryChunk(file, chunks[i], cat, cmp)
 				if !decoded {
 					syntax.Store(true)
 				}
@@ -196,15 +197,14 @@ func ParseInventoryYAML(file string, data []byte, cat *Catalog) (*Inventory, err
 	if syntax.Load() {
 		return nil, errs.Err() // as for a file parsed whole: no inventory from a broken file
 	}
-	compactAssets(assets)
 	inv, ierrs := newInventory(assets)
 	errs = append(errs, ierrs...)
 	return inv, errs.Err()
 }
 
-// parseInventoryChunk decodes and checks one chunk's assets; error lines
-// are the file's.
-func parseInventoryChunk(file string, c yamlChunk, cat *Catalog) (_ []*Asset, _ yamlconf.Errors, decoded bool) {
+// parseInventoryChunk decodes, checks and compacts one chunk's assets;
+// error lines are the file's.
+func parseInventoryChunk(file string, c yamlChunk, cat *Catalog, cmp *compactor) (_ []*Asset, _ yamlconf.Errors, decoded bool) {
 	var f inventoryFile
 	doc, err := yamlconf.Decode(file, c.data, &f)
 	if err != nil {
@@ -247,6 +247,7 @@ func parseInventoryChunk(file string, c yamlChunk, cat *Catalog) (_ []*Asset, _ 
 		}
 		assets = append(assets, a)
 	}
+	cmp.compact(assets) // now: the chunk's decoder allocations become garbage
 	return assets, errs, true
 }
 
