@@ -17,7 +17,7 @@ import (
 // rules' windows full": citygw alone under the steady plan, run in
 // simulated time until the longest window the shipped waste-bin rules use
 // and the status page's display history (display_samples readings per
-// field, default 16) are full, then its VmRSS and VmHWM, Go's heap in use
+// field, default 8) are full, then its VmRSS and VmHWM, Go's heap in use
 // (go_memstats_heap_inuse_bytes) and a heap profile (pprof) from the admin
 // listener, whose top entries go into the report. Other systems are
 // skipped: the goal (under 300 MB) is citygw's.
