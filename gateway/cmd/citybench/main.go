@@ -142,12 +142,23 @@ func run(args []string, stdout, stderr io.Writer) error {
 	for range *repeat {
 		todo = append(todo, run...)
 	}
+	// fileOf is the name of a run's raw figures.
+	fileOf := func(i int, name string) string {
+		if *repeat > 1 {
+			return fmt.Sprintf("%s-run%d", name, i/len(run)+1)
+		}
+		return name
+	}
+	if *out != "" { // now, not after an hour of measuring
+		for i, name := range todo {
+			if err := os.MkdirAll(filepath.Dir(outFile(*out, fileOf(i, name), len(todo) > 1)), 0o755); err != nil {
+				return fmt.Errorf("-out: %w", err)
+			}
+		}
+	}
 	for i, name := range todo {
 		sc := scenarios[name]
-		file := name // the name of the run's raw figures
-		if *repeat > 1 {
-			file = fmt.Sprintf("%s-run%d", name, i/len(run)+1)
-		}
+		file := fileOf(i, name)
 		fmt.Fprintf(stderr, "citybench: %s; work directory %s\n", sc.Describe(&b.Opts), b.Opts.Work)
 		rep, runErr := sc.Run(ctx, b)
 		if runErr != nil {
