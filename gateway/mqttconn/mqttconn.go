@@ -27,16 +27,23 @@ const readBufferSize = 64 << 10
 // paho's built-in dialer does and wraps it in a Conn writing at once past
 // flushBytes of pending packets (DefaultFlushBytes when 0).
 func Dialer(flushBytes int) mqtt.OpenConnectionFunc {
-	if flushBytes <= 0 {
-		flushBytes = DefaultFlushBytes
-	}
 	return func(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
-		c, err := dial(uri, o)
+		c, err := Dial(uri, o, flushBytes)
 		if err != nil {
-			return nil, err
+			return nil, err // not a nil *Conn in a non-nil net.Conn
 		}
-		return New(c, flushBytes), nil
+		return c, nil
 	}
+}
+
+// Dial opens a connection as Dialer's function does, for a client that
+// keeps the Conn (to wait for its Done).
+func Dial(uri *url.URL, o mqtt.ClientOptions, flushBytes int) (*Conn, error) {
+	c, err := dial(uri, o)
+	if err != nil {
+		return nil, err
+	}
+	return New(c, flushBytes), nil
 }
 
 // New wraps an open broker connection: reads buffered, writes coalesced

@@ -74,13 +74,11 @@ func (s *Subscriber) Run(ctx context.Context) error {
 // dial opens a broker connection (mqttconn) and keeps it, for Run's stop
 // to wait for its close.
 func (s *Subscriber) dial(uri *url.URL, o mqtt.ClientOptions) (net.Conn, error) {
-	c, err := s.dialer(uri, o)
+	c, err := mqttconn.Dial(uri, o, 0)
 	if err != nil {
 		return nil, err
 	}
-	if mc, ok := c.(*mqttconn.Conn); ok {
-		s.conn.Store(mc)
-	}
+	s.conn.Store(c)
 	return c, nil
 }
 

@@ -125,8 +125,7 @@ type Subscriber struct {
 	quit   chan struct{}
 	acks   ackQueue // acknowledgements, in arrival order
 
-	dialer mqtt.OpenConnectionFunc       // mqttconn's
-	conn   atomic.Pointer[mqttconn.Conn] // the latest connection
+	conn atomic.Pointer[mqttconn.Conn] // the latest connection (dial)
 
 	running    atomic.Bool
 	gen        atomic.Uint64 // connection generation: bumped when a connection is gone
@@ -181,7 +180,6 @@ func New(cfg Config, inv *devices.Inventory, h Handler, reg prometheus.Registere
 	}
 	s := &Subscriber{cfg: cfg, inv: inv, ids: newAssetIndex(inv), h: h, log: log.With("broker", cfg.Broker), m: m, tmpls: tmpls, tls: tlsConf, quit: make(chan struct{})}
 	s.acks.unacked = m.unacked
-	s.dialer = mqttconn.Dialer(0)
 	s.shards = make([]chan item, cfg.Workers)
 	for i := range s.shards {
 		s.shards[i] = make(chan item, cfg.QueueSize)
