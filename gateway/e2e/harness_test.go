@@ -349,6 +349,7 @@ func waitStored(t *testing.T, c *city, db *testenv.InfluxDB, bins []*devices.Ass
 	at := time.Now()
 	check := func() (over []string) {
 		lost, total = 0, 0
+		st := c.stats(t)
 		for _, a := range bins {
 			pts := points(t, db, a.Kind, a.ID)
 			first := int64(math.MaxInt64)
@@ -367,7 +368,7 @@ func waitStored(t *testing.T, c *city, db *testenv.InfluxDB, bins []*devices.Ass
 				}
 			}
 			lost += len(missing)
-			if failed := c.stats(t).MQTT.Assets[a.ID].Failed; int64(len(missing)) > failed {
+			if failed := st.MQTT.Assets[a.ID].Failed; int64(len(missing)) > failed {
 				over = append(over, fmt.Sprintf("%s: %d of its messages since the first stored one are not stored (%d publishes failed): %v",
 					a.ID, len(missing), failed, missing))
 			}
